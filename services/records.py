@@ -1,0 +1,120 @@
+"""Kafka record formats: UTF-8 JSON objects with a ``schema_version``.
+
+Documented in docs/records.md; any Kafka client can read them. Keys are the
+UTF-8 user id, so all of a user's records land in one partition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+SCHEMA_VERSION = 1
+T = TypeVar("T", bound="Record")
+
+
+class RecordError(ValueError):
+    """A record that cannot be parsed (it goes to the dead-letter topic)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """Base: (de)serialisation shared by every record type."""
+
+    TYPE = ""
+
+    def to_json(self) -> bytes:
+        body = {"schema_version": SCHEMA_VERSION, "type": self.TYPE, **dataclasses.asdict(self)}
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls: type[T], raw: bytes) -> T:
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RecordError(f"not JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise RecordError("not a JSON object")
+        if body.get("schema_version") != SCHEMA_VERSION:
+            raise RecordError(f"unsupported schema_version {body.get('schema_version')!r}")
+        if body.get("type") != cls.TYPE:
+            raise RecordError(f"expected type {cls.TYPE!r}, got {body.get('type')!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in body.items() if k in names})
+        except TypeError as exc:
+            raise RecordError(f"missing or bad fields: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class GenerationRecord(Record):
+    """One served completion (topic ``generations``)."""
+
+    TYPE = "generation"
+    response_id: str
+    group_id: str
+    user_id: str
+    candidate_index: int
+    num_candidates: int
+    messages: list[dict[str, str]]
+    prompt_token_ids: list[int]
+    completion: str
+    completion_token_ids: list[int]
+    finish_reason: str
+    adapter_version: str
+    base_model: str
+    sampling: dict[str, Any]
+    created_at: float
+    replica: str = ""
+
+
+@dataclass(frozen=True)
+class FeedbackRecord(Record):
+    """One thumbs rating or ranking (topic ``feedback``).
+
+    ``response_ids`` holds the one rated response for thumbs, or the ranked
+    responses best first; all belong to ``group_id``.
+    """
+
+    TYPE = "feedback"
+    feedback_id: str
+    user_id: str
+    labeler_id: str
+    kind: str
+    response_ids: list[str]
+    group_id: str
+    created_at: float
+    up: bool | None = None
+
+
+@dataclass(frozen=True)
+class AdapterUpdateRecord(Record):
+    """A newly published adapter version (topic ``adapter-updates``).
+
+    The server finds the files at ``<store>/<user_id>/<version>/``; records
+    never carry a path.
+    """
+
+    TYPE = "adapter_update"
+    user_id: str
+    version: str
+    sha256: str
+    base_model: str
+    created_at: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord(Record):
+    """A record that could not be processed, with the reason (topics ``*-dlq``)."""
+
+    TYPE = "dead_letter"
+    source_topic: str
+    partition: int
+    offset: int
+    reason: str
+    key: str | None
+    value: str
+    created_at: float

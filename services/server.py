@@ -1,0 +1,156 @@
+"""The inference server: wires the engine, store, Kafka and the core into grpc.aio.
+
+Entry point ``personalize-server``. Stops gracefully on SIGINT/SIGTERM: health
+goes NOT_SERVING, new calls are refused, in-flight streams drain, the producer
+flushes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from personalize.v1 import assistant_pb2, assistant_pb2_grpc
+from services import config as config_mod
+from services.adapter_manager import AdapterManager
+from services.config import ServerConfig
+from services.core import AssistantCore
+from services.engine import Engine, VllmEngine
+from services.feedback import FeedbackService
+from services.generation import GenerationService
+from services.interceptors import ErrorMappingInterceptor
+from services.kafka_io import DurableProducer, TopicFollower
+from services.metrics import ServerMetrics
+from services.response_ids import ResponseSigner, load_keys
+from services.servicer import AssistantServicer
+from services.store import AdapterStore
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = assistant_pb2.DESCRIPTOR.services_by_name["Assistant"].full_name
+
+
+class AssistantServer:
+    """One server replica. ``engine`` may be injected (tests share one)."""
+
+    def __init__(self, cfg: ServerConfig, engine: Engine | None = None) -> None:
+        self.cfg = cfg
+        self.engine: Engine = engine or VllmEngine(cfg.engine)
+        self.metrics = ServerMetrics()
+        self.store = AdapterStore(cfg.adapter_store)
+        self.producer = DurableProducer(cfg.kafka, self.metrics.observe_produce)
+        signer = ResponseSigner(load_keys(cfg.response_keys, self.store.root))
+        self.adapters = AdapterManager(self.engine, self.store, self.metrics,
+                                       cfg.engine.max_lora_rank)
+        replica = f"{socket.gethostname()}:{cfg.port}"
+        self.core = AssistantCore(
+            GenerationService(cfg, self.engine, self.adapters, self.producer, signer,
+                              self.metrics, replica),
+            FeedbackService(cfg.kafka, self.producer, signer, self.metrics),
+            self.adapters, self.store)
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._follower: TopicFollower | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._metrics_http = None
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        # 1. follow adapter updates first, then scan: nothing published in between is missed
+        self._follower = TopicFollower(
+            self.cfg.kafka, self.cfg.kafka.adapter_updates_topic,
+            lambda raw: asyncio.run_coroutine_threadsafe(self.adapters.on_update(raw), loop))
+        self._follower.start()
+        await asyncio.to_thread(self._follower.ready.wait, 5.0)
+        installed = await self.adapters.scan()
+        log.info("adapter store %s: %d users with adapters", self.store.root, installed)
+        if self.cfg.store_rescan_s > 0:
+            self._tasks.append(asyncio.create_task(self._rescan_forever()))
+        # 2. gRPC with health and reflection
+        server = grpc.aio.server(interceptors=[ErrorMappingInterceptor(self.metrics)])
+        assistant_pb2_grpc.add_AssistantServicer_to_server(
+            AssistantServicer(self.core, self.cfg.limits), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], server)
+        self.port = server.add_insecure_port(f"{self.cfg.host}:{self.cfg.port}")
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        # 3. metrics on their own port
+        if self.cfg.metrics_port:
+            self._metrics_http = start_http_server(self.cfg.metrics_port, self.cfg.metrics_host,
+                                                   registry=self.metrics.registry)
+        log.info("serving %s on %s:%d (metrics :%d)", self.engine.model_id, self.cfg.host,
+                 self.port, self.cfg.metrics_port)
+        return self.port
+
+    async def _rescan_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.store_rescan_s)
+            try:
+                await self.adapters.scan()
+            except Exception:
+                log.exception("adapter store rescan failed")
+
+    async def stop(self) -> None:
+        """Stop accepting, drain in-flight streams, flush the producer."""
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace=self.cfg.drain_timeout_s)
+        for task in self._tasks:
+            task.cancel()
+        if self._follower is not None:
+            self._follower.stop()
+        await asyncio.to_thread(self.producer.close)
+        if self._metrics_http is not None:
+            http_server, _thread = self._metrics_http
+            http_server.shutdown()
+        log.info("server stopped")
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def serve(cfg: ServerConfig) -> None:
+    server = AssistantServer(cfg)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"personalize server listening on {cfg.host}:{server.port}, "
+          f"metrics on http://{cfg.metrics_host}:{cfg.metrics_port}/metrics", flush=True)
+    await stop.wait()
+    await server.stop()
+    shutdown = getattr(server.engine, "shutdown", None)
+    if shutdown is not None:
+        shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="personalize inference server")
+    config_mod.add_flags(parser, ServerConfig)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = config_mod.load(ServerConfig, "server", args)
+    Path(cfg.adapter_store).mkdir(parents=True, exist_ok=True)
+    asyncio.run(serve(cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Thin gRPC servicer: protobuf in -> pure core -> protobuf out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from personalize.v1 import assistant_pb2 as pb
+from personalize.v1 import assistant_pb2_grpc as pb_grpc
+from services.core import AssistantCore, UserStatusView
+from services.validation import Message, validate_feedback, validate_generate
+
+
+class AssistantServicer(pb_grpc.AssistantServicer):
+    def __init__(self, core: AssistantCore, limits) -> None:  # type: ignore[no-untyped-def]
+        self._core = core
+        self._limits = limits
+
+    async def Generate(self, request: pb.GenerateRequest,
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
+        params = validate_generate(
+            request.user_id,
+            [Message(m.role, m.content) for m in request.messages],
+            request.num_candidates,
+            request.max_tokens,
+            request.temperature if request.HasField("temperature") else None,
+            request.top_p if request.HasField("top_p") else None,
+            request.seed if request.HasField("seed") else None,
+            self._limits,
+        )
+        async for c in self._core.generate(params):
+            yield pb.GenerateResponse(
+                response_id=c.response_id, candidate_index=c.candidate_index, text=c.text,
+                finished=c.finished, adapter_version=c.adapter_version,
+                finish_reason=c.finish_reason, completion_tokens=c.completion_tokens)
+
+    async def SubmitFeedback(self, request: pb.FeedbackRequest,
+                             context: grpc.aio.ServicerContext) -> pb.FeedbackAck:
+        kind = request.WhichOneof("kind")
+        if kind == "thumbs":
+            ids, up = [request.thumbs.response_id], request.thumbs.up
+        else:
+            ids, up = list(request.ranking.response_ids), None
+        params = validate_feedback(request.user_id, request.labeler_id, request.feedback_id,
+                                   kind, ids, up)
+        result = await self._core.submit_feedback(params)
+        return pb.FeedbackAck(feedback_id=result.feedback_id, partition=result.partition,
+                              offset=result.offset)
+
+    async def GetUserStatus(self, request: pb.UserStatusRequest,
+                            context: grpc.aio.ServicerContext) -> pb.UserStatus:
+        return to_proto_status(self._core.user_status(request.user_id))
+
+
+def to_proto_status(view: UserStatusView) -> pb.UserStatus:
+    t = view.trainer
+    return pb.UserStatus(
+        user_id=view.user_id, adapter_version=view.adapter_version,
+        feedback_accepted=view.feedback_accepted, generations_served=view.generations_served,
+        feedback_events_trained=int(t.get("feedback_events", 0)),
+        preference_pairs=int(t.get("preference_pairs", 0)),
+        thumbs_labels=int(t.get("thumbs_labels", 0)),
+        reward_model_accuracy=float(t.get("reward_model_accuracy", 0.0)),
+        last_reward_before=float(t.get("last_reward_before", 0.0)),
+        last_reward_after=float(t.get("last_reward_after", 0.0)),
+        last_kl=float(t.get("last_kl", 0.0)),
+        last_publish_decision=str(t.get("last_publish_decision", "")),
+        labelers=[pb.LabelerScore(labeler_id=s["labeler_id"], agreement=s["agreement"],
+                                  judgements=s["judgements"], flagged=s["flagged"])
+                  for s in t.get("labelers", [])],
+        trainer_updated_at=float(t.get("updated_at", 0.0)),
+    )
