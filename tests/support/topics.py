@@ -1,0 +1,35 @@
+"""Read a topic back with a plain kafka-python consumer (no project code)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+
+
+def read_topic(bootstrap: str, topic: str, until: Callable[[list[dict[str, Any]]], bool],
+               timeout_s: float = 20.0) -> list[dict[str, Any]]:
+    """All records of ``topic`` from the beginning, as dicts with key/partition/value,
+    polled until ``until(records)`` holds or the timeout passes."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                             enable_auto_commit=False, fetch_max_wait_ms=100)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                for r in records:
+                    out.append({"key": r.key.decode() if r.key else None,
+                                "partition": r.partition, "offset": r.offset,
+                                "value": json.loads(r.value)})
+            if until(out):
+                break
+        return out
+    finally:
+        consumer.close()
