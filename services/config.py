@@ -42,6 +42,8 @@ class KafkaConfig:
     """Bound on waiting for the broker's acknowledgement of one record."""
     max_block_s: float = 2.0
     """Bound on blocking in send() while broker metadata is unavailable."""
+    bootstrap_timeout_s: float = 5.0
+    """Bound on a consumer's first connection to the cluster (it retries after)."""
     session_timeout_ms: int = 6000
     """Consumer group session timeout."""
     heartbeat_interval_ms: int = 1000

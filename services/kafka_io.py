@@ -90,6 +90,7 @@ class DurableProducer:
                     enable_idempotence=True,
                     linger_ms=2,
                     max_block_ms=int(self._cfg.max_block_s * 1000),
+                    bootstrap_timeout_ms=int(self._cfg.max_block_s * 1000),
                     request_timeout_ms=max(1000, int(self._cfg.produce_timeout_s * 1000)),
                     reconnect_backoff_max_ms=1000,
                 )
@@ -178,6 +179,7 @@ class TopicFollower(threading.Thread):
             group_id=None,
             enable_auto_commit=False,
             fetch_max_wait_ms=self._cfg.fetch_max_wait_ms,
+            bootstrap_timeout_ms=int(self._cfg.bootstrap_timeout_s * 1000),
         )
         try:
             partitions = consumer.partitions_for_topic(self._topic)

@@ -96,7 +96,7 @@ def test_swap_under_load(stub, server, store, broker, tiny_model_dir: Path, tmp_
     other = greedy(stub, bystander)
     assert other.finished[0].adapter_version == "" and other.texts[0] == bystander_text
     # old versions are dropped once unused
-    assert not server.adapters._registry.retiring  # noqa: SLF001
+    assert not server.adapters._registry.retiring
 
 
 def test_bad_adapter_is_refused_and_last_good_kept(stub, server, store, broker,  # type: ignore[no-untyped-def]
@@ -106,14 +106,14 @@ def test_bad_adapter_is_refused_and_last_good_kept(stub, server, store, broker, 
     good = publish(store, broker.bootstrap, "adapter-updates", user,
                    make_adapter(tiny_model_dir, tmp_path / "good", seed=3), model_id)
     good_text = wait_for_version(stub, user, good.version).texts[0]
-    before = server.metrics.adapter_refusals.labels("checksum")._value.get()  # noqa: SLF001
+    before = server.metrics.adapter_refusals.labels("checksum")._value.get()
     bad = store.publish(user, make_adapter(tiny_model_dir, tmp_path / "bad", seed=4), model_id)
     corrupt_manifest_sha(store.version_dir(user, bad.version))
     from tests.support.adapters import announce
 
     announce(broker.bootstrap, "adapter-updates", bad)
     deadline = time.monotonic() + 10
-    while server.metrics.adapter_refusals.labels("checksum")._value.get() == before:  # noqa: SLF001
+    while server.metrics.adapter_refusals.labels("checksum")._value.get() == before:
         assert time.monotonic() < deadline, "the corrupted adapter was not refused"
         time.sleep(0.1)
     out = greedy(stub, user)

@@ -42,7 +42,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     specials = ["<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>"]
     bpe.train_from_iterator(_CORPUS * 20, vocab_size=512, min_frequency=1, special_tokens=specials)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer,  # noqa: SLF001 - the documented way to wrap it
+        tokenizer_object=bpe._tokenizer,
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>",

@@ -1,0 +1,119 @@
+"""Python client SDK for chat apps.
+
+    from services.client import AssistantClient
+    with AssistantClient("127.0.0.1:50051") as client:
+        for piece in client.stream("alice", "Hi!"):
+            print(piece.text, end="")
+        candidates = client.complete("alice", "Name a fruit", num_candidates=3)
+        client.rank("alice", [c.response_id for c in candidates])
+
+Feedback calls carry a client-made feedback_id, so retries after UNAVAILABLE
+never count twice.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from personalize.v1 import assistant_pb2 as pb
+from personalize.v1 import assistant_pb2_grpc as pb_grpc
+
+Messages = str | Sequence[tuple[str, str]] | Sequence[dict[str, str]]
+
+
+@dataclass
+class Candidate:
+    """One whole completion."""
+
+    response_id: str
+    index: int
+    text: str = ""
+    adapter_version: str = ""
+    finish_reason: str = ""
+    completion_tokens: int = 0
+
+
+def _messages(messages: Messages) -> list[pb.ChatMessage]:
+    if isinstance(messages, str):
+        return [pb.ChatMessage(role="user", content=messages)]
+    out = []
+    for m in messages:
+        role, content = (m["role"], m["content"]) if isinstance(m, dict) else m
+        out.append(pb.ChatMessage(role=role, content=content))
+    return out
+
+
+class AssistantClient:
+    def __init__(self, target: str = "127.0.0.1:50051", timeout_s: float = 120.0,
+                 token: str | None = None, feedback_retries: int = 3) -> None:
+        self._channel = grpc.insecure_channel(target)
+        self._stub = pb_grpc.AssistantStub(self._channel)
+        self._timeout = timeout_s
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._retries = feedback_retries
+
+    def __enter__(self) -> AssistantClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def stream(self, user_id: str, messages: Messages, *, num_candidates: int = 1,
+               max_tokens: int = 0, temperature: float | None = None,
+               top_p: float | None = None, seed: int | None = None
+               ) -> Iterator[pb.GenerateResponse]:
+        """Stream the pieces of every candidate as they are generated."""
+        request = pb.GenerateRequest(user_id=user_id, messages=_messages(messages),
+                                     num_candidates=num_candidates, max_tokens=max_tokens,
+                                     temperature=temperature, top_p=top_p, seed=seed)
+        yield from self._stub.Generate(request, timeout=self._timeout, metadata=self._metadata)
+
+    def complete(self, user_id: str, messages: Messages, **kwargs) -> list[Candidate]:  # type: ignore[no-untyped-def]
+        """Whole candidates, ordered by index."""
+        found: dict[int, Candidate] = {}
+        for piece in self.stream(user_id, messages, **kwargs):
+            c = found.setdefault(piece.candidate_index,
+                                 Candidate(piece.response_id, piece.candidate_index))
+            c.text += piece.text
+            c.adapter_version = piece.adapter_version
+            if piece.finished:
+                c.finish_reason, c.completion_tokens = piece.finish_reason, piece.completion_tokens
+        return [found[i] for i in sorted(found)]
+
+    def thumbs(self, user_id: str, response_id: str, up: bool, *, labeler_id: str = "",
+               feedback_id: str = "") -> pb.FeedbackAck:
+        return self._feedback(pb.FeedbackRequest(
+            user_id=user_id, labeler_id=labeler_id, feedback_id=feedback_id or uuid.uuid4().hex,
+            thumbs=pb.Thumbs(response_id=response_id, up=up)))
+
+    def rank(self, user_id: str, response_ids: Sequence[str], *, labeler_id: str = "",
+             feedback_id: str = "") -> pb.FeedbackAck:
+        """Rank responses of one Generate call, best first."""
+        return self._feedback(pb.FeedbackRequest(
+            user_id=user_id, labeler_id=labeler_id, feedback_id=feedback_id or uuid.uuid4().hex,
+            ranking=pb.Ranking(response_ids=list(response_ids))))
+
+    def _feedback(self, request: pb.FeedbackRequest) -> pb.FeedbackAck:
+        delay = 0.5
+        for attempt in range(self._retries + 1):
+            try:
+                return self._stub.SubmitFeedback(request, timeout=self._timeout,
+                                                 metadata=self._metadata)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == self._retries:
+                    raise
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def status(self, user_id: str) -> pb.UserStatus:
+        return self._stub.GetUserStatus(pb.UserStatusRequest(user_id=user_id),
+                                        timeout=self._timeout, metadata=self._metadata)
