@@ -9,6 +9,7 @@ MODEL_DIR ?= .cache/models/SmolLM2-135M-Instruct
 PROTOS := $(wildcard proto/personalize/v1/*.proto)
 GENERATED := $(PROTOS:.proto=_pb2.py)
 STAMP := $(VENV)/.installed
+NODE_CLIENTS := .cache/node-clients
 
 .PHONY: up test setup proto model lint clean
 .DEFAULT_GOAL := up
@@ -16,7 +17,7 @@ STAMP := $(VENV)/.installed
 up: setup
 	$(VENV)/bin/personalize-stack --model $(MODEL_DIR)
 
-test: setup
+test: setup $(NODE_CLIENTS)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 setup: $(STAMP) $(GENERATED) $(MODEL_DIR)/config.json
@@ -43,6 +44,13 @@ model: $(MODEL_DIR)/config.json
 
 $(MODEL_DIR)/config.json: $(STAMP)
 	$(PY) -m services.prepare_model --out $(MODEL_DIR)
+
+# Non-Python clients the tests use (grpc-js, kafkajs), from the npm registry.
+$(NODE_CLIENTS)/.installed: tests/clients/package.json
+	mkdir -p $(NODE_CLIENTS)
+	cp tests/clients/package.json $(NODE_CLIENTS)/
+	cd $(NODE_CLIENTS) && npm install --no-audit --no-fund --silent
+	touch $@
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -21,6 +21,7 @@ from prometheus_client import start_http_server
 
 from personalize.v1 import assistant_pb2, assistant_pb2_grpc
 from services import config as config_mod
+from services import logs
 from services.adapter_manager import AdapterManager
 from services.config import ServerConfig
 from services.core import AssistantCore
@@ -145,8 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     config_mod.add_flags(parser, ServerConfig)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level)
     cfg = config_mod.load(ServerConfig, "server", args)
     Path(cfg.adapter_store).mkdir(parents=True, exist_ok=True)
     asyncio.run(serve(cfg))

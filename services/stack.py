@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services import logs
 from services.broker import LocalBroker
 from services.config import KafkaConfig
 from services.kafka_io import ensure_topics
@@ -86,7 +87,7 @@ def _stop(procs: list[subprocess.Popen[bytes]], timeout_s: float = 40.0) -> None
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logs.setup()
     state = Path(args.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     broker = None

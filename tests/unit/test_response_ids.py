@@ -41,7 +41,7 @@ def test_tampered_payload_or_signature_fails() -> None:
     forged_user = ResponseSigner([KEY_B]).sign(ResponseRef("alice", "g", 0, 1))
     with pytest.raises(InvalidArgument, match="does not verify"):
         signer.verify(forged_user, "alice")
-    head, payload, sig = rid.split(".")
+    head, _payload, sig = rid.split(".")
     swapped = signer.sign(ResponseRef("mallory", "g", 0, 1)).split(".")[1]
     with pytest.raises(InvalidArgument, match="does not verify"):
         signer.verify(f"{head}.{swapped}.{sig}", "mallory")

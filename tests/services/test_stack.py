@@ -1,0 +1,54 @@
+"""The one-command embedded stack: broker + topics + server as child processes;
+it serves, and SIGINT (Ctrl-C) stops every child cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from services.broker import free_port
+from services.client import AssistantClient
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(x) for x in out.stdout.split()]
+
+
+def test_stack_serves_and_stops_on_ctrl_c(tiny_model_dir: Path, tmp_path: Path) -> None:
+    port, mport, bport = free_port(), free_port(), free_port()
+    env = {**os.environ, "PERSONALIZE_SERVER_ENGINE_MODEL_ID": "tiny",
+           "PERSONALIZE_SERVER_ENGINE_DTYPE": "float32",
+           "PERSONALIZE_SERVER_ENGINE_MAX_MODEL_LEN": "512"}
+    log = (tmp_path / "stack.out").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.stack", "--model", str(tiny_model_dir),
+         "--port", str(port), "--metrics-port", str(mport), "--broker-port", str(bport),
+         "--adapter-store", str(tmp_path / "store"), "--state-dir", str(tmp_path / "state"),
+         "--no-trainer"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while "personalize is up" not in (tmp_path / "stack.out").read_text():
+            assert proc.poll() is None, (tmp_path / "stack.out").read_text()[-3000:]
+            assert time.monotonic() < deadline, "stack did not come up"
+            time.sleep(0.5)
+        printed = (tmp_path / "stack.out").read_text()
+        assert f"127.0.0.1:{port}" in printed and f":{bport}" in printed
+        with AssistantClient(f"127.0.0.1:{port}") as client:
+            [cand] = client.complete("stack-user", "hi", max_tokens=5)
+            assert cand.completion_tokens == 5
+            assert client.thumbs("stack-user", cand.response_id, True).feedback_id
+        children = _children(proc.pid)
+        assert len(children) >= 2, "broker and server run as children"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=90) == 0
+        for child in children:
+            assert not Path(f"/proc/{child}").exists() or \
+                "zombie" in Path(f"/proc/{child}/status").read_text(), f"child {child} left"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
