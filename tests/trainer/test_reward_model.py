@@ -169,11 +169,11 @@ def trained() -> Trained:
     return Trained(model, data, metrics, shared_after_shared, brief_after_brief)
 
 
-def _encoder_copy(base: TextEncoder, max_length: int = 256) -> TextEncoder:
-    """An encoder with a copy of ``base``'s backbone weights and an empty cache."""
-    return TextEncoder(copy.deepcopy(base.backbone), base.tokenizer, max_length=max_length,
-                       pooling=base.pooling, normalize=base.normalize, batch_size=8,
-                       cache_size=100)
+def _encoder_copy(base: TextEncoder) -> TextEncoder:
+    """An encoder with a copy of ``base``'s backbone weights and settings, and an empty cache."""
+    return TextEncoder(copy.deepcopy(base.backbone), base.tokenizer, max_length=base.max_length,
+                       pooling=base.pooling, normalize=base.normalize,
+                       batch_size=base.batch_size, cache_size=base.cache_size)
 
 
 def _heldout(trained: Trained, user_id: str) -> list[PairExample]:
@@ -181,9 +181,10 @@ def _heldout(trained: Trained, user_id: str) -> list[PairExample]:
 
 
 def test_data_is_balanced_between_the_two_users(trained: Trained) -> None:
-    # Equal held-out counts give the shared model as many "short" as "detailed" training
-    # pairs, so it cannot simply side with the user who has more data.
-    assert len(_heldout(trained, "brief")) == len(_heldout(trained, "verbose")) >= 10
+    # (Nearly) equal held-out counts give the shared model as many "short" as "detailed"
+    # training pairs, so it cannot simply side with the user who has more data.
+    n_brief, n_verbose = len(_heldout(trained, "brief")), len(_heldout(trained, "verbose"))
+    assert abs(n_brief - n_verbose) <= 1 and min(n_brief, n_verbose) >= 10
 
 
 @pytest.mark.parametrize("user_id", ["brief", "verbose"])
@@ -218,6 +219,11 @@ def test_user_head_round_trips_through_safetensors(trained: Trained, tmp_path: P
     shared_file = model.save_shared(tmp_path / "shared.safetensors")
     user_file = model.save_user("verbose", tmp_path / "verbose.safetensors")
     assert user_file.stat().st_size < 4096
+    # Evicted and reloaded in the same model.
+    model.users.evict("verbose")
+    assert not model.uses_personal("verbose")
+    model.load_user("verbose", user_file)
+    assert torch.equal(model.score("verbose", prompts, completions), before)
     # A fresh model (same backbone weights) from the two files scores identically.
     fresh = PersonalRewardModel(CONFIG, encoder=_encoder_copy(model.encoder))
     fresh.load_shared(shared_file)
@@ -252,10 +258,12 @@ def test_train_user_refuses_another_users_examples(trained: Trained) -> None:
 
 
 def test_backbone_tuning_moves_the_backbone_and_clears_the_cache(trained: Trained) -> None:
-    encoder = _encoder_copy(trained.model.encoder, max_length=64)
-    cfg = RewardModelConfig(backbone_lr=1e-4, shared_epochs=1, batch_size=8, heldout_fraction=0.0)
+    encoder = _encoder_copy(trained.model.encoder)
+    cfg = RewardModelConfig(backbone_lr=1e-4, shared_epochs=1, batch_size=4, heldout_fraction=0.0)
     model = PersonalRewardModel(cfg, encoder=encoder)
-    pairs = trained.data["brief"][0][:8]
+    # From a trained head: a zero head passes no gradient to the backbone on the first step.
+    model.shared_head.load_state_dict(trained.model.shared_head.state_dict())
+    pairs = trained.data["brief"][0][:4]
     model.score("anyone", [pairs[0].prompt], [pairs[0].chosen])
     assert encoder.cached_entries() == 1
     before = next(encoder.backbone.parameters()).detach().clone()
@@ -279,8 +287,7 @@ def test_user_pool_evicts_least_recently_used_and_reloads(tmp_path: Path) -> Non
 
     pool = UserHeadPool(4, "cpu", max_resident=2, user_source=source, on_evict=on_evict)
     for i, user_id in enumerate(("a", "b", "c")):
-        head = pool.get(user_id, create=True)
-        assert head is not None
+        head = pool.get_or_create(user_id)
         head.weight.data.fill_(float(i + 1))
     assert saved == ["a"] and pool.resident_users() == ["b", "c"]
     reloaded = pool.get("a")  # from its file; evicts "b"
