@@ -54,7 +54,7 @@ $(NODE_CLIENTS)/.installed: tests/clients/package.json
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+
 
 clean:
 	rm -rf $(VENV) .cache proto/personalize/v1/*_pb2*.py proto/personalize/v1/*_pb2.pyi

@@ -138,15 +138,19 @@ class ServerConfig:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
 
 
-def _field_type(cls: type, name: str) -> Any:
+def _field_type(cls: type, name: str) -> tuple[Any, bool]:
+    """The field's type with ``| None`` removed, and whether it was optional."""
     hint = get_type_hints(cls)[name]
-    origin = get_origin(hint)
-    if origin in (Union, types.UnionType):
-        hint = next(a for a in get_args(hint) if a is not type(None))
-    return hint
+    if get_origin(hint) in (Union, types.UnionType):
+        return next(a for a in get_args(hint) if a is not type(None)), True
+    return hint, False
 
 
-def _parse_value(kind: Any, raw: str) -> Any:
+def _parse_value(kind: Any, raw: str, optional: bool = False) -> Any:
+    if optional and raw.strip().lower() in ("", "none", "null"):
+        return None
+    if get_origin(kind) is tuple:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
     if kind is bool:
         if raw.lower() in ("1", "true", "yes", "on"):
             return True
@@ -161,13 +165,13 @@ def from_mapping(cls: type[T], values: Mapping[str, str], prefix: str) -> T:
     nested config dataclasses use ``<prefix><FIELD>_`` as their prefix."""
     kwargs: dict[str, Any] = {}
     for f in fields(cls):  # type: ignore[arg-type]
-        kind = _field_type(cls, f.name)
+        kind, optional = _field_type(cls, f.name)
         key = f"{prefix}{f.name.upper()}"
         if dataclasses.is_dataclass(kind):
             kwargs[f.name] = from_mapping(kind, values, key + "_")  # type: ignore[arg-type]
         elif key in values:
             try:
-                kwargs[f.name] = _parse_value(kind, values[key])
+                kwargs[f.name] = _parse_value(kind, values[key], optional)
             except ValueError as exc:
                 raise ValueError(f"{key}: {exc}") from exc
     return cls(**kwargs)
@@ -176,7 +180,7 @@ def from_mapping(cls: type[T], values: Mapping[str, str], prefix: str) -> T:
 def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
     """Add one ``--flag`` per field of ``cls`` (nested: ``--kafka-bootstrap-servers``)."""
     for f in fields(cls):
-        kind = _field_type(cls, f.name)
+        kind, _ = _field_type(cls, f.name)
         name = f"{prefix}{f.name}".replace("_", "-")
         if dataclasses.is_dataclass(kind):
             add_flags(parser, kind, prefix=f"{prefix}{f.name}_")

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from services.records import FeedbackRecord, GenerationRecord
+from trainer.journal import Consumed, Journal
+
+G, F = "generations", "feedback"
+
+
+def gen(rid: str, user: str = "alice", group: str = "g1") -> bytes:
+    return GenerationRecord(
+        response_id=rid, group_id=group, user_id=user, candidate_index=0, num_candidates=2,
+        messages=[{"role": "user", "content": "hi"}], prompt_token_ids=[1],
+        completion=f"text {rid}", completion_token_ids=[2], finish_reason="stop",
+        adapter_version="", base_model="m", sampling={}, created_at=1.0).to_json()
+
+
+def fb(fid: str, ids: list[str], user: str = "alice", group: str = "g1") -> bytes:
+    return FeedbackRecord(feedback_id=fid, user_id=user, labeler_id=user, kind="ranking",
+                          response_ids=ids, group_id=group, created_at=2.0).to_json()
+
+
+class Feed:
+    def __init__(self) -> None:
+        self.offsets: dict[tuple[str, int], int] = {}
+
+    def __call__(self, topic: str, value: bytes, partition: int = 0) -> Consumed:
+        off = self.offsets.get((topic, partition), 0)
+        self.offsets[(topic, partition)] = off + 1
+        return Consumed(topic, partition, off, b"alice", value)
+
+
+def test_join_dedupe_and_positions(tmp_path: Path) -> None:
+    j, feed = Journal(tmp_path / "j.db", G, F), Feed()
+    # feedback may be read before its generations: it waits, then joins
+    j.apply([feed(F, fb("f1", ["a", "b"]))])
+    assert j.feedback_ids() == [] and j.counts()["pending"] == 1
+    j.apply([feed(G, gen("a")), feed(G, gen("b"))])
+    assert j.feedback_ids() == ["f1"]
+    # a retried feedback id and a re-delivered batch are used once
+    j.apply([feed(F, fb("f1", ["a", "b"])), feed(F, fb("f2", ["b", "a"]))])
+    assert j.feedback_ids("alice") == ["f1", "f2"]
+    assert j.positions() == {(F, 0): 3, (G, 0): 2}
+    [first, second] = j.joined("alice")
+    assert first.event.response_ids == ("a", "b")
+    assert first.generations["a"].completion == "text a"
+    # survives a reopen (what a restart sees)
+    j.close()
+    j2 = Journal(tmp_path / "j.db", G, F)
+    assert j2.feedback_ids() == ["f1", "f2"] and j2.positions()[(F, 0)] == 3
+
+
+def test_bad_records_and_mismatch_and_expiry(tmp_path: Path) -> None:
+    j, feed = Journal(tmp_path / "j.db", G, F), Feed()
+    batch = [feed(F, b"{not json"), feed(G, gen("x", user="bob", group="g9")),
+             feed(F, fb("f3", ["x", "y"], group="g9")), feed(F, fb("f4", ["zz", "yy"]))]
+    errors = j.parse_errors(batch)
+    assert [e.record.offset for e in errors] == [0] and "unparseable" in errors[0].reason
+    j.apply(batch)
+    j.apply([feed(G, gen("y", user="alice", group="g9"))])
+    counts = j.counts()
+    assert counts["dead:mismatch"] == 1, "alice cannot rate bob's response"
+    assert j.positions()[(F, 0)] == 3, "the unparseable record is consumed past"
+    time.sleep(0.01)
+    expired = j.expire_pending(older_than_s=0.0)
+    assert [u for u, _ in expired] == ["alice"] and j.counts()["dead:unjoinable"] == 1
+
+
+def test_pending_users_and_mark_trained(tmp_path: Path) -> None:
+    j, feed = Journal(tmp_path / "j.db", G, F), Feed()
+    j.apply([feed(G, gen("a")), feed(G, gen("b")), feed(F, fb("f1", ["a", "b"]), partition=2),
+             feed(F, fb("f2", ["b", "a"]), partition=2)])
+    assert j.pending_users()["alice"][0] == 2
+    assert j.pending_users(partitions={0, 1}) == {}
+    j.mark_trained("alice", j.joined("alice")[-1].seq)
+    assert j.pending_users() == {}
+    j.apply([feed(F, fb("f5", ["a", "b"]), partition=2)])
+    assert j.pending_users()["alice"][0] == 1

@@ -1,0 +1,57 @@
+"""The loop closes: feedback through the gRPC API -> the real trainer (journal,
+preferences, MiniLM reward model, LoRA PPO on the tiny model) -> a published
+adapter version -> the server's next response for that user reports it."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from pathlib import Path
+
+from personalize.v1 import assistant_pb2 as pb
+from tests.services.helpers import generate
+from tests.support.trainer_proc import start_trainer
+
+PROMPTS = ["tell me about the sea", "name a fruit", "how are you", "say something short"]
+
+
+def test_feedback_to_served_adapter(stub, server, broker, tiny_model_dir: Path,  # type: ignore[no-untyped-def]
+                                    adapter_store_dir: Path, tmp_path: Path) -> None:
+    user, other = f"loop-{uuid.uuid4().hex[:6]}", f"still-{uuid.uuid4().hex[:6]}"
+    trainer = start_trainer(
+        broker.bootstrap, tmp_path / "state", adapter_store_dir, f"loop-{uuid.uuid4().hex[:6]}",
+        tmp_path / "trainer.log", policy_model=str(tiny_model_dir),
+        policy_model_id=server.engine.model_id, schedule_min_new_feedback="4",
+        schedule_ppo_steps_per_turn="2", ppo_batch_size="4", ppo_mini_batch_size="2",
+        ppo_max_new_tokens="8", ppo_lr="0.001", reward_user_min_examples="4",
+        publish_eval_prompts="2", publish_eval_samples="1",
+        publish_min_improvement="-1000000", publish_kl_bound="1000000")
+    try:
+        start = time.monotonic()
+        for prompt in PROMPTS:
+            out = generate(stub, user, prompt, num_candidates=3, max_tokens=8, temperature=1.0)
+            ranked = [out.response_ids[i] for i in (2, 0, 1)]
+            stub.SubmitFeedback(pb.FeedbackRequest(user_id=user,
+                                                   ranking=pb.Ranking(response_ids=ranked)))
+        generate(stub, other, "hello", max_tokens=4)
+        deadline = time.monotonic() + 300
+        status = stub.GetUserStatus(pb.UserStatusRequest(user_id=user))
+        while status.adapter_version != "v1" or not status.last_publish_decision:
+            assert trainer.poll() is None, (tmp_path / "trainer.log").read_text()[-4000:]
+            assert time.monotonic() < deadline, (tmp_path / "trainer.log").read_text()[-4000:]
+            time.sleep(1)
+            status = stub.GetUserStatus(pb.UserStatusRequest(user_id=user))
+        served = generate(stub, user, PROMPTS[0], max_tokens=6)
+        assert served.finished[0].adapter_version == "v1"
+        assert generate(stub, other, "hello", max_tokens=4).finished[0].adapter_version == ""
+        assert status.feedback_events_trained == len(PROMPTS)
+        assert status.preference_pairs == 3 * len(PROMPTS)
+        assert status.last_publish_decision == "published v1"
+        assert status.trainer_updated_at > 0
+        manifest = server.store.manifest(user, "v1")
+        assert manifest.steps == 2 and manifest.feedback_count == len(PROMPTS)
+        print(f"feedback -> served adapter: {time.monotonic() - start:.1f}s")
+    finally:
+        trainer.send_signal(signal.SIGTERM)
+        trainer.wait(timeout=60)

@@ -1,0 +1,71 @@
+"""Typed, frozen configuration of the trainer, parsed once at its entry point
+(``PERSONALIZE_TRAINER_<FIELD>`` environment variables or flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.config import KafkaConfig
+from trainer.ppo_config import PPOConfig
+from trainer.reward_config import RewardModelConfig
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """When a user's training turn starts, and how long it may run."""
+
+    min_new_feedback: int = 4
+    """New joined feedback events that make a user due for training."""
+    max_wait_s: float = 120.0
+    """A user with any new feedback is due once the oldest of it is this old."""
+    ppo_steps_per_turn: int = 4
+    """PPO iterations per turn; users take turns (least recently trained first)."""
+    min_pairs: int = 2
+    """Preference pairs (or thumbs) a user needs before PPO runs."""
+    idle_sleep_s: float = 0.5
+    """Pause of the training loop when no user is due."""
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """The gate a candidate adapter must pass to be published."""
+
+    eval_prompts: int = 4
+    """Held-out prompts of the user's history sampled to compare adapters."""
+    eval_samples: int = 2
+    """Completions sampled per prompt and adapter for the comparison."""
+    min_improvement: float = 0.0
+    """Mean personal reward the candidate must gain over the current adapter."""
+    kl_bound: float = 2.0
+    """Largest mean per-sequence KL to the base model a published adapter may have."""
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """The continuous trainer."""
+
+    group_id: str = "personalize-trainer"
+    """Kafka consumer group; more processes in it split the users by partition."""
+    adapter_store: str = ".cache/adapters"
+    """Root of the adapter store shared with the servers."""
+    state_dir: str = ".cache/trainer"
+    """Journal and reward-model state of this process (derived; rebuilt from Kafka)."""
+    policy_model: str = ".cache/models/SmolLM2-135M-Instruct"
+    """HF directory of the served base model (the PPO policy and reference)."""
+    policy_model_id: str = ""
+    """Base model id written in manifests; must equal the server's (default: dir name)."""
+    metrics_port: int = 9401
+    """Port of the trainer's Prometheus endpoint (0 disables it)."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics endpoint binds."""
+    train: bool = True
+    """False: only ingest (rebuild the journal), never train."""
+    join_timeout_s: float = 300.0
+    """Feedback whose generations have not arrived by then is dead-lettered."""
+    poll_timeout_ms: int = 200
+    """Longest wait of one poll."""
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    reward: RewardModelConfig = field(default_factory=RewardModelConfig)

@@ -1,0 +1,218 @@
+"""The trainer's durable, derived state: consumed generations and feedback, joined.
+
+Kafka is the source of truth; the journal is a materialised view of the
+partitions this process owns. Each polled batch is written in ONE SQLite
+transaction together with the next offset of every partition it came from, so
+after a crash the consumer resumes exactly where the durable data ends:
+nothing acknowledged is lost and nothing is counted twice (feedback is also
+unique by (user_id, feedback_id), so a client's retry is used once). A
+partition the journal has never seen is read from the beginning, which
+rebuilds the state after a rebalance or on a new host.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.records import FeedbackRecord, GenerationRecord, RecordError
+from trainer.preferences import FeedbackEvent
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS generations (
+  response_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, group_id TEXT NOT NULL,
+  body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS feedback (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, feedback_id TEXT NOT NULL,
+  partition INTEGER NOT NULL, body TEXT NOT NULL, state TEXT NOT NULL,
+  received_at REAL NOT NULL, UNIQUE (user_id, feedback_id));
+CREATE INDEX IF NOT EXISTS feedback_pending ON feedback (state, received_at);
+CREATE TABLE IF NOT EXISTS positions (
+  topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+  PRIMARY KEY (topic, partition));
+CREATE TABLE IF NOT EXISTS trained (user_id TEXT PRIMARY KEY, through_seq INTEGER NOT NULL,
+  at REAL NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """One record as polled (topic, partition, offset, key, value)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    record: Consumed
+    reason: str
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A feedback event with the generations it rates, ready for preference data."""
+
+    seq: int
+    event: FeedbackEvent
+    generations: dict[str, GenerationRecord]
+
+
+class Journal:
+    def __init__(self, path: str | Path, generations_topic: str, feedback_topic: str) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._gen_topic, self._fb_topic = generations_topic, feedback_topic
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- ingest ------------------------------------------------------------------------
+    def apply(self, batch: Sequence[Consumed]) -> None:
+        """Durably add a polled batch and advance its partitions' positions.
+
+        Unparseable records are skipped here: the caller dead-letters them
+        (see :meth:`parse_errors`) BEFORE calling apply, so a crash in between
+        only repeats a dead letter and never loses one.
+        """
+        bad = {(d.record.topic, d.record.partition, d.record.offset)
+               for d in self.parse_errors(batch)}
+        now = time.time()
+        cur = self._db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            for r in batch:
+                if (r.topic, r.partition, r.offset) not in bad:
+                    self._insert(cur, r, now)
+                cur.execute(
+                    "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT (topic, partition) "
+                    "DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)",
+                    (r.topic, r.partition, r.offset + 1))
+            self._join_pending(cur)
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    def parse_errors(self, batch: Iterable[Consumed]) -> list[DeadLetter]:
+        return [d for d in (self._check(r) for r in batch) if d is not None]
+
+    def _check(self, r: Consumed) -> DeadLetter | None:
+        try:
+            if r.topic == self._gen_topic:
+                GenerationRecord.from_json(r.value)
+            elif r.topic == self._fb_topic:
+                record = FeedbackRecord.from_json(r.value)
+                _to_event(record)
+            else:
+                return DeadLetter(r, f"unexpected topic {r.topic}")
+        except (RecordError, ValueError, TypeError) as exc:
+            return DeadLetter(r, f"unparseable: {exc}")
+        return None
+
+    def _insert(self, cur: sqlite3.Cursor, r: Consumed, now: float) -> None:
+        if r.topic == self._gen_topic:
+            g = GenerationRecord.from_json(r.value)
+            cur.execute("INSERT OR IGNORE INTO generations VALUES (?, ?, ?, ?)",
+                        (g.response_id, g.user_id, g.group_id, r.value.decode()))
+        else:
+            f = FeedbackRecord.from_json(r.value)
+            cur.execute("INSERT OR IGNORE INTO feedback (user_id, feedback_id, partition, body,"
+                        " state, received_at) VALUES (?, ?, ?, ?, 'pending', ?)",
+                        (f.user_id, f.feedback_id, r.partition, r.value.decode(), now))
+
+    def _join_pending(self, cur: sqlite3.Cursor) -> None:
+        rows = cur.execute("SELECT seq, body FROM feedback WHERE state = 'pending'").fetchall()
+        for seq, body in rows:
+            record = FeedbackRecord.from_json(body.encode())
+            found = cur.execute(
+                f"SELECT user_id, group_id FROM generations WHERE response_id IN "
+                f"({','.join('?' * len(record.response_ids))})", record.response_ids).fetchall()
+            if len(found) < len(record.response_ids):
+                continue
+            ok = all(u == record.user_id and g == record.group_id for u, g in found)
+            cur.execute("UPDATE feedback SET state = ? WHERE seq = ?",
+                        ("joined" if ok else "dead:mismatch", seq))
+
+    def expire_pending(self, older_than_s: float) -> list[tuple[str, str]]:
+        """Feedback whose generations never arrived: mark dead, return (user, body)."""
+        cutoff = time.time() - older_than_s
+        cur = self._db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        rows = cur.execute("SELECT seq, user_id, body FROM feedback WHERE state = 'pending' "
+                           "AND received_at < ?", (cutoff,)).fetchall()
+        cur.executemany("UPDATE feedback SET state = 'dead:unjoinable' WHERE seq = ?",
+                        [(seq,) for seq, _, _ in rows])
+        cur.execute("COMMIT")
+        return [(user, body) for _, user, body in rows]
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        return {(t, p): o for t, p, o in self._db.execute("SELECT * FROM positions")}
+
+    # -- reads for training ---------------------------------------------------------
+    def joined(self, user_id: str) -> list[Joined]:
+        rows = self._db.execute("SELECT seq, body FROM feedback WHERE user_id = ? AND "
+                                "state = 'joined' ORDER BY seq", (user_id,)).fetchall()
+        out = []
+        for seq, body in rows:
+            record = FeedbackRecord.from_json(body.encode())
+            gens = self._db.execute(
+                f"SELECT response_id, body FROM generations WHERE response_id IN "
+                f"({','.join('?' * len(record.response_ids))})", record.response_ids).fetchall()
+            out.append(Joined(seq, _to_event(record),
+                              {rid: GenerationRecord.from_json(b.encode()) for rid, b in gens}))
+        return out
+
+    def pending_users(self, partitions: set[int] | None = None) -> dict[str, tuple[int, float]]:
+        """Users with joined feedback newer than their last training:
+        user -> (new events, seconds since the oldest of them arrived)."""
+        rows = self._db.execute(
+            "SELECT f.user_id, f.partition, COUNT(*), MIN(f.received_at) FROM feedback f "
+            "LEFT JOIN trained t ON t.user_id = f.user_id WHERE f.state = 'joined' "
+            "AND f.seq > COALESCE(t.through_seq, 0) GROUP BY f.user_id, f.partition").fetchall()
+        now = time.time()
+        return {u: (n, now - oldest) for u, p, n, oldest in rows
+                if partitions is None or p in partitions}
+
+    def mark_trained(self, user_id: str, through_seq: int) -> None:
+        self._db.execute("INSERT INTO trained VALUES (?, ?, ?) ON CONFLICT (user_id) DO UPDATE "
+                         "SET through_seq = excluded.through_seq, at = excluded.at",
+                         (user_id, through_seq, time.time()))
+
+    def feedback_ids(self, user_id: str | None = None) -> list[str]:
+        """Every feedback id in the training data (joined), in arrival order."""
+        query = "SELECT feedback_id FROM feedback WHERE state = 'joined'"
+        args: tuple[str, ...] = ()
+        if user_id is not None:
+            query, args = query + " AND user_id = ?", (user_id,)
+        return [r[0] for r in self._db.execute(query + " ORDER BY seq", args)]
+
+    def counts(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT state, COUNT(*) FROM feedback GROUP BY state")
+        out = {state: n for state, n in rows}
+        out["generations"] = self._db.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
+        return out
+
+
+def _to_event(record: FeedbackRecord) -> FeedbackEvent:
+    return FeedbackEvent(
+        feedback_id=record.feedback_id, user_id=record.user_id, labeler_id=record.labeler_id,
+        group_id=record.group_id, kind=record.kind,  # type: ignore[arg-type]
+        response_ids=tuple(record.response_ids), up=record.up, created_at=record.created_at)
+
+
+def dead_letter_body(d: DeadLetter) -> dict[str, object]:
+    return {"source_topic": d.record.topic, "partition": d.record.partition,
+            "offset": d.record.offset, "reason": d.reason,
+            "key": d.record.key.decode("utf-8", "replace") if d.record.key else None,
+            "value": d.record.value.decode("utf-8", "replace")}
+

@@ -1,0 +1,198 @@
+"""One user's training turn: preferences -> reward model -> PPO -> gate -> publish.
+
+Models load lazily on the first turn. The policy is the served base model plus
+the user's LoRA (loaded from the user's latest published adapter); PPO runs a
+bounded number of iterations per turn; the candidate is published only if it
+beats the adapter the user had before the turn on the user's held-out prompts
+and stays within the KL bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from services.records import AdapterUpdateRecord
+from services.store import AdapterStore
+from trainer.config import TrainerConfig
+from trainer.evaluate import evaluate
+from trainer.examples import ChatMessages, UserExamples, prompt_text
+from trainer.metrics import TrainerMetrics
+from trainer.policy_pool import PolicyPool
+from trainer.ppo import PPOTrainer
+from trainer.ppo_config import UserProgress
+from trainer.reward_data import PairExample, ThumbExample
+from trainer.reward_model import PersonalRewardModel
+from trainer.rollout import render_prompts
+
+log = logging.getLogger(__name__)
+Announce = Callable[[AdapterUpdateRecord], None]
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    user_id: str
+    decision: str
+    published_version: str = ""
+    reward_before: float = math.nan
+    reward_after: float = math.nan
+    kl: float = math.nan
+    rm_accuracy: float | None = None
+    steps: int = 0
+
+
+class Learner:
+    def __init__(self, cfg: TrainerConfig, store: AdapterStore, metrics: TrainerMetrics,
+                 announce: Announce) -> None:
+        self._cfg = cfg
+        self._store = store
+        self._metrics = metrics
+        self._announce = announce
+        self._state = Path(cfg.state_dir)
+        self._examples: dict[str, tuple[list[PairExample], list[ThumbExample]]] = {}
+        self._rm: PersonalRewardModel | None = None
+        self._ppo: PPOTrainer | None = None
+        self.model_id = cfg.policy_model_id or Path(cfg.policy_model).resolve().name
+
+    # -- lazily loaded models ---------------------------------------------------------------
+    def _models(self) -> tuple[PersonalRewardModel, PPOTrainer]:
+        if self._rm is None or self._ppo is None:
+            heads = self._state / "reward-heads"
+            heads.mkdir(parents=True, exist_ok=True)
+            rm = PersonalRewardModel(
+                self._cfg.reward,
+                user_source=lambda u: (heads / f"{u}.safetensors") if (
+                    heads / f"{u}.safetensors").exists() else None,
+                on_evict=lambda u: rm.save_user(u, heads / f"{u}.safetensors"))
+            pool = PolicyPool.from_pretrained(self._cfg.policy_model, self._cfg.ppo,
+                                              adapter_source=self._latest_adapter)
+            self._rm, self._ppo = rm, PPOTrainer(pool, self._cfg.ppo)
+        return self._rm, self._ppo
+
+    def _latest_adapter(self, user_id: str) -> Path | None:
+        version = self._store.latest(user_id)
+        return self._store.version_dir(user_id, version) if version else None
+
+    # -- the turn ---------------------------------------------------------------------------
+    def turn(self, user_id: str, ex: UserExamples) -> TurnResult:
+        start = time.perf_counter()
+        self._metrics.pairs.inc(len(ex.data.pairs))
+        if len(ex.pairs) + len(ex.thumbs) < self._cfg.schedule.min_pairs:
+            return TurnResult(user_id, "waiting: too little preference data")
+        rm, ppo = self._models()
+        # 1. reward model: the shared part on everyone's data, then this user's part
+        self._examples[user_id] = (ex.pairs, ex.thumbs)
+        shared = rm.train_shared([p for ps, _ in self._examples.values() for p in ps],
+                                 [t for _, ts in self._examples.values() for t in ts])
+        personal = rm.train_user(user_id, ex.pairs, ex.thumbs)
+        self._metrics.rm_loss.labels("shared").set(shared.loss)
+        self._metrics.rm_loss.labels("user").set(personal.loss)
+        if personal.heldout_accuracy is not None:
+            self._metrics.rm_accuracy.observe(personal.heldout_accuracy)
+        reward_fn = self._reward_fn(rm, ppo, user_id, ex.train_prompts + ex.eval_prompts)
+        # 2. PPO from the user's current adapter, on the user's own prompts
+        self._restore_progress(ppo, user_id)
+        ppo.pool.activate(user_id)
+        before = _snapshot(ppo.pool, user_id)
+        run = ppo.train_user(user_id, ex.train_prompts, reward_fn,
+                             steps=self._cfg.schedule.ppo_steps_per_turn)
+        for step in run.history:
+            self._metrics.ppo_steps.inc()
+            self._metrics.ppo_reward.set(step.score)
+            self._metrics.ppo_kl.set(step.kl)
+            self._metrics.ppo_clipfrac.set(step.clipfrac)
+        # 3. gate: candidate vs the adapter the user had, on held-out prompts
+        new_score, new_kl = evaluate(ppo, user_id, ex.eval_prompts, reward_fn,
+                                     self._cfg.publish.eval_samples)
+        after = _snapshot(ppo.pool, user_id)
+        _restore(ppo.pool, user_id, before)
+        old_score, _ = evaluate(ppo, user_id, ex.eval_prompts, reward_fn,
+                                self._cfg.publish.eval_samples)
+        _restore(ppo.pool, user_id, after)
+        result = self._decide(user_id, ex, run.steps, old_score, new_score, new_kl,
+                              personal.heldout_accuracy, ppo)
+        self._metrics.turn_seconds.observe(time.perf_counter() - start)
+        self._metrics.adapters_in_memory.set(len(ppo.pool.resident_users()))
+        return result
+
+    def _reward_fn(self, rm: PersonalRewardModel, ppo: PPOTrainer, user_id: str,
+                   prompts: Sequence[ChatMessages]) -> Callable[..., torch.Tensor]:
+        """Scores rendered prompts with the reward model's prompt format."""
+        as_text = dict(zip(render_prompts(ppo.pool.tokenizer, prompts),
+                           [prompt_text(p) for p in prompts], strict=True))
+        return lambda rendered, completions: rm.score(
+            user_id, [as_text.get(r, r) for r in rendered], completions)
+
+    def _restore_progress(self, ppo: PPOTrainer, user_id: str) -> None:
+        if ppo.progress(user_id).steps or not (version := self._store.latest(user_id)):
+            return
+        m = self._store.manifest(user_id, version)
+        ppo.set_progress(user_id, UserProgress(
+            steps=m.steps, kl_coef=float(m.metrics.get("kl_coef", self._cfg.ppo.kl_coef))))
+
+    def _decide(self, user_id: str, ex: UserExamples, steps: int, old: float, new: float,
+                kl: float, accuracy: float | None, ppo: PPOTrainer) -> TurnResult:
+        gate = self._cfg.publish
+        if steps == 0:
+            decision = "kept: no PPO step (stop rule reached)"
+        elif not new > old + gate.min_improvement:
+            decision = f"kept: candidate reward {new:.3f} does not beat {old:.3f}"
+        elif not kl <= gate.kl_bound:
+            decision = f"kept: KL {kl:.3f} over the bound {gate.kl_bound}"
+        else:
+            version = self._publish(user_id, ex, steps, old, new, kl, ppo)
+            self._metrics.published.inc()
+            return TurnResult(user_id, f"published {version}", version, old, new, kl,
+                              accuracy, steps)
+        self._metrics.refused.labels(decision.split(":")[1].split()[0]).inc()
+        return TurnResult(user_id, decision, "", old, new, kl, accuracy, steps)
+
+    def _publish(self, user_id: str, ex: UserExamples, steps: int, old: float, new: float,
+                 kl: float, ppo: PPOTrainer) -> str:
+        progress = ppo.progress(user_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            ppo.pool.export_adapter(user_id, Path(tmp))
+            manifest = self._store.publish(
+                user_id, Path(tmp), self.model_id, steps=progress.steps,
+                feedback_count=ex.feedback_events, reward_before=old, reward_after=new, kl=kl,
+                metrics={"kl_coef": progress.kl_coef, "turn_steps": steps})
+        self._announce(AdapterUpdateRecord(
+            user_id=user_id, version=manifest.version, sha256=manifest.sha256,
+            base_model=manifest.base_model, created_at=time.time(),
+            metrics={"reward_before": old, "reward_after": new, "kl": kl}))
+        return manifest.version
+
+    def status(self, user_id: str, ex: UserExamples, result: TurnResult) -> dict[str, Any]:
+        """The report GetUserStatus serves for the user."""
+        return {
+            "feedback_events": ex.feedback_events, "preference_pairs": len(ex.data.pairs),
+            "thumbs_labels": len(ex.data.thumbs),
+            "reward_model_accuracy": _finite(result.rm_accuracy),
+            "last_reward_before": _finite(result.reward_before),
+            "last_reward_after": _finite(result.reward_after), "last_kl": _finite(result.kl),
+            "last_publish_decision": result.decision,
+            "labelers": [asdict(s) for s in ex.data.labelers.values()],
+            "updated_at": time.time(),
+        }
+
+
+def _finite(x: float | None) -> float:
+    return 0.0 if x is None or not math.isfinite(x) else float(x)
+
+
+def _snapshot(pool: PolicyPool, user_id: str) -> dict[str, torch.Tensor]:
+    return {k: p.detach().clone() for k, p in pool.adapter_parameters(user_id).items()}
+
+
+def _restore(pool: PolicyPool, user_id: str, snap: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for k, p in pool.adapter_parameters(user_id).items():
+            p.copy_(snap[k])

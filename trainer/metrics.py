@@ -1,0 +1,47 @@
+"""Prometheus metrics of the trainer. No metric carries a user id."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_SECONDS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+_UNIT = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+
+class TrainerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r, p = self.registry, "personalize_trainer_"
+        self.consumed = Counter(p + "records_consumed", "Records journaled from Kafka.",
+                                registry=r)
+        self.dead_lettered = Counter(p + "dead_lettered", "Records sent to a dead-letter topic.",
+                                     ["topic", "reason"], registry=r)
+        self.lag = Gauge(p + "consumer_lag", "Records behind the end, per partition.",
+                         ["topic", "partition"], registry=r)
+        self.pairs = Counter(p + "preference_pairs_built", "Preference pairs built.", registry=r)
+        self.rm_loss = Gauge(p + "reward_model_loss", "Last reward-model training loss.",
+                             ["part"], registry=r)
+        self.rm_accuracy = Histogram(p + "reward_model_heldout_accuracy",
+                                     "Held-out pairwise accuracy per trained user.",
+                                     buckets=_UNIT, registry=r)
+        self.ppo_steps = Counter(p + "ppo_steps", "PPO iterations run.", registry=r)
+        self.ppo_reward = Gauge(p + "ppo_mean_reward", "Mean reward of the last PPO step.",
+                                registry=r)
+        self.ppo_kl = Gauge(p + "ppo_kl", "Mean KL to the reference of the last PPO step.",
+                            registry=r)
+        self.ppo_clipfrac = Gauge(p + "ppo_clipfrac", "Clip fraction of the last PPO step.",
+                                  registry=r)
+        self.turn_seconds = Histogram(p + "turn_duration_seconds", "One user's training turn.",
+                                      buckets=_SECONDS, registry=r)
+        self.published = Counter(p + "adapters_published", "Adapter versions published.",
+                                 registry=r)
+        self.refused = Counter(p + "adapters_refused", "Candidates not published, by reason.",
+                               ["reason"], registry=r)
+        self.feedback_to_publish = Histogram(p + "feedback_to_publish_seconds",
+                                             "Oldest new feedback of a turn to its publish.",
+                                             buckets=_SECONDS, registry=r)
+        self.users_tracked = Gauge(p + "users_tracked", "Users with feedback in the journal.",
+                                   registry=r)
+        self.adapters_in_memory = Gauge(p + "adapters_in_memory",
+                                        "User adapters resident in the policy model.",
+                                        registry=r)

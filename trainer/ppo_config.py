@@ -1,0 +1,146 @@
+"""Typed, frozen configuration and results of per-user PPO."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import Tensor
+
+RewardFn = Callable[[list[str], list[str]], Tensor]
+"""``reward_fn(prompts, completions) -> scores (B,)``: one scalar score per completion.
+``prompts`` are the chat-templated prompt texts the policy saw."""
+
+StopReason = Literal["threshold", "max_steps", "budget"]
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO for one user's LoRA policy (Ziegler et al. 2019 / InstructGPT style)."""
+
+    lr: float = 1e-4
+    """AdamW learning rate of the user's LoRA and value-head parameters."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    batch_size: int = 8
+    """Prompts (and so completions) per rollout, i.e. per PPO iteration."""
+    mini_batch_size: int = 4
+    """Sequences per gradient step inside a PPO epoch."""
+    ppo_epochs: int = 2
+    """Passes over the rollout batch per PPO iteration."""
+    max_new_tokens: int = 48
+    """Longest sampled completion, in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature; the loss's log-probabilities use the same scaled logits."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 = off)."""
+    kl_coef: float = 0.05
+    """Initial weight of the per-token KL penalty against the reference (adapter off)."""
+    target_kl: float | None = None
+    """Target sequence-level KL of the adaptive KL controller; None keeps kl_coef fixed."""
+    kl_horizon: int = 10_000
+    """Horizon (in sequences) of the adaptive KL controller."""
+    gamma: float = 1.0
+    """Discount factor of GAE."""
+    lam: float = 0.95
+    """Lambda of GAE."""
+    cliprange: float = 0.2
+    """Clip range of the policy ratio in the surrogate objective."""
+    cliprange_value: float = 0.2
+    """Clip range of the value prediction around its rollout-time value."""
+    vf_coef: float = 0.1
+    """Weight of the value loss in the total loss."""
+    max_grad_norm: float = 1.0
+    """Gradient norm clip over the user's trainable parameters."""
+    whiten_advantages: bool = True
+    """Normalise advantages to zero mean, unit variance over each rollout batch."""
+    reward_threshold: float | None = None
+    """Stop a user once a rollout's mean score reaches this value (None = never)."""
+    max_steps: int = 20_000
+    """Stop a user after this many PPO iterations in total."""
+    lora_r: int = 8
+    """Rank of fresh user adapters."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    """Module names that receive LoRA (must match what the serving engine supports)."""
+    max_resident_users: int = 4
+    """Adapters kept in memory on the shared base model; the least recently used goes first."""
+    seed: int = 0
+    """Seed of sampling and minibatch order (mixed with the user id and step)."""
+    device: str = "cpu"
+    """Torch device of the base model ("cpu", "cuda", "cuda:1", ...)."""
+    dtype: str = "float32"
+    """Torch dtype name of the base model weights (e.g. "bfloat16" on a GPU)."""
+
+    def __post_init__(self) -> None:
+        positive = ("lr", "batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens",
+                    "temperature", "kl_horizon", "max_steps", "lora_r", "max_resident_users")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"PPOConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.mini_batch_size > self.batch_size:
+            raise ValueError("PPOConfig.mini_batch_size must not exceed batch_size")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"PPOConfig.top_p must be in (0, 1], got {self.top_p}")
+        if self.target_kl is not None and self.target_kl <= 0:
+            raise ValueError(f"PPOConfig.target_kl must be > 0 or None, got {self.target_kl}")
+
+
+@dataclass(frozen=True)
+class PPOStepMetrics:
+    """What one PPO iteration measured (losses averaged over its minibatch updates)."""
+
+    step: int
+    """The user's cumulative iteration number (0-based)."""
+    score: float
+    """Mean reward-model score of the rollout."""
+    kl: float
+    """Mean over sequences of the summed per-token KL to the reference, at rollout time."""
+    kl_coef: float
+    """KL penalty coefficient used for this rollout's rewards."""
+    pg_loss: float
+    v_loss: float
+    approx_kl: float
+    """Mean estimate of KL(old policy || updated policy) over the minibatch updates."""
+    clipfrac: float
+    """Fraction of tokens whose policy ratio was clipped."""
+    entropy: float
+    """Mean per-token entropy of the policy at rollout time."""
+    response_length: float
+    """Mean completion length in tokens."""
+    step_time_s: float
+    """Wall time of the iteration: rollout, scoring, forward passes and updates."""
+
+
+@dataclass(frozen=True)
+class UserProgress:
+    """A user's PPO state that outlives the adapter's residency."""
+
+    steps: int
+    """PPO iterations done so far."""
+    kl_coef: float
+    """Current KL penalty coefficient (moves only with the adaptive controller)."""
+
+
+@dataclass(frozen=True)
+class PPORunResult:
+    """Outcome of one ``train_user`` call."""
+
+    user_id: str
+    steps: int
+    """PPO iterations (updates) done in this call."""
+    total_steps: int
+    """The user's cumulative iterations after this call."""
+    reward_before: float
+    """Mean score of this call's first rollout (NaN when no rollout ran)."""
+    reward_after: float
+    """Mean score of this call's last rollout, made before that iteration's update
+    (NaN when no rollout ran)."""
+    kl: float
+    """Mean sequence KL to the reference on the last rollout (NaN when none ran)."""
+    stopped_reason: StopReason
+    history: tuple[PPOStepMetrics, ...]
