@@ -44,7 +44,7 @@ def test_join_dedupe_and_positions(tmp_path: Path) -> None:
     assert j.feedback_ids("alice") == ["f1", "f2"]
     assert j.positions() == {(F, 0): 3, (G, 0): 2}
     [first, second] = j.joined("alice")
-    assert first.event.response_ids == ("a", "b")
+    assert first.event.response_ids == ("a", "b") and second.event.response_ids == ("b", "a")
     assert first.generations["a"].completion == "text a"
     # survives a reopen (what a restart sees)
     j.close()
