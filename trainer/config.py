@@ -64,6 +64,9 @@ class TrainerConfig:
     """Feedback whose generations have not arrived by then is dead-lettered."""
     poll_timeout_ms: int = 200
     """Longest wait of one poll."""
+    torch_threads: int = 0
+    """CPU threads for training (0: torch's default). On a small host shared with
+    the server, 1 avoids the two fighting over cores."""
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
