@@ -12,7 +12,7 @@ import dataclasses
 import os
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
@@ -186,7 +186,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> N
             add_flags(parser, kind, prefix=f"{prefix}{f.name}_")
             continue
         parser.add_argument(f"--{name}", dest=f"cfg__{prefix}{f.name}", default=None,
-                            help=f"(env PERSONALIZE_..._{f.name.upper()})")
+                            metavar=f.name.upper(),
+                            help=f"default: {f.default!r}" if f.default is not MISSING else None)
 
 
 def load(cls: type[T], section: str, args: argparse.Namespace | None = None,
@@ -199,3 +200,17 @@ def load(cls: type[T], section: str, args: argparse.Namespace | None = None,
             if key.startswith("cfg__") and raw is not None:
                 values[prefix + key.removeprefix("cfg__").upper()] = str(raw)
     return from_mapping(cls, values, prefix)
+
+
+def parse_entry_point(cls: type[T], section: str, description: str,
+                      argv: list[str] | None = None) -> T:
+    """Parse an entry point's flags (one per config field, plus --log-level), set
+    up logging, and return the config: environment first, then flags."""
+    from services import logs
+
+    parser = argparse.ArgumentParser(description=description)
+    add_flags(parser, cls)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logs.setup(args.log_level)
+    return load(cls, section, args)

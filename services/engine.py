@@ -114,4 +114,8 @@ class VllmEngine:
         await self._llm.remove_lora(slot.lora_int_id)
 
     def shutdown(self) -> None:
-        self._llm.shutdown()
+        """Stop the engine processes; idempotent."""
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.shutdown()
+            del llm  # collected now, not during interpreter teardown

@@ -7,7 +7,6 @@ flushes.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import signal
@@ -21,7 +20,6 @@ from prometheus_client import start_http_server
 
 from personalize.v1 import assistant_pb2, assistant_pb2_grpc
 from services import config as config_mod
-from services import logs
 from services.adapter_manager import AdapterManager
 from services.config import ServerConfig
 from services.core import AssistantCore
@@ -142,12 +140,8 @@ async def serve(cfg: ServerConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="personalize inference server")
-    config_mod.add_flags(parser, ServerConfig)
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logs.setup(args.log_level)
-    cfg = config_mod.load(ServerConfig, "server", args)
+    cfg = config_mod.parse_entry_point(ServerConfig, "server", "personalize inference server",
+                                       argv)
     Path(cfg.adapter_store).mkdir(parents=True, exist_ok=True)
     asyncio.run(serve(cfg))
 

@@ -8,7 +8,6 @@ GetUserStatus, and repeats. SIGTERM/SIGINT stop it between turns.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
@@ -20,7 +19,6 @@ from kafka import KafkaProducer
 from prometheus_client import start_http_server
 
 from services import config as config_mod
-from services import logs
 from services.records import AdapterUpdateRecord
 from services.store import AdapterStore
 from trainer.config import TrainerConfig
@@ -96,12 +94,8 @@ class TrainerService:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="personalize continuous trainer")
-    config_mod.add_flags(parser, TrainerConfig)
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logs.setup(args.log_level)
-    cfg = config_mod.load(TrainerConfig, "trainer", args)
+    cfg = config_mod.parse_entry_point(TrainerConfig, "trainer",
+                                       "personalize continuous trainer", argv)
     if cfg.torch_threads:
         import torch
 
