@@ -3,8 +3,9 @@
 Models load lazily on the first turn. The policy is the served base model plus
 the user's LoRA (loaded from the user's latest published adapter); PPO runs a
 bounded number of iterations per turn; the candidate is published only if it
-beats the adapter the user had before the turn on the user's held-out prompts
-and stays within the KL bound.
+beats the adapter the user is served (training goes on from a refused
+candidate, but it is always compared with what is served) on the user's
+held-out prompts and stays within the KL bound.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ class Learner:
         self._announce = announce
         self._state = Path(cfg.state_dir)
         self._examples: dict[str, tuple[list[PairExample], list[ThumbExample]]] = {}
+        # the weights each user is served (the gate's baseline); training continues
+        # from refused candidates, but they are always compared with this
+        self._served: dict[str, dict[str, torch.Tensor]] = {}
         self._rm: PersonalRewardModel | None = None
         self._ppo: PPOTrainer | None = None
         self.model_id = cfg.policy_model_id or Path(cfg.policy_model).resolve().name
@@ -74,6 +78,7 @@ class Learner:
                 on_evict=lambda u: rm.save_user(u, heads / f"{u}.safetensors"))
             pool = PolicyPool.from_pretrained(self._cfg.policy_model, self._cfg.ppo,
                                               adapter_source=self._latest_adapter)
+            pool.add_evict_hook(lambda u: self._served.pop(u, None))  # reloads the published
             self._rm, self._ppo = rm, PPOTrainer(pool, self._cfg.ppo)
         return self._rm, self._ppo
 
@@ -101,7 +106,7 @@ class Learner:
         # 2. PPO from the user's current adapter, on the user's own prompts
         self._restore_progress(ppo, user_id)
         ppo.pool.activate(user_id)
-        before = _snapshot(ppo.pool, user_id)
+        served = self._served.setdefault(user_id, _snapshot(ppo.pool, user_id))
         run = ppo.train_user(user_id, ex.train_prompts, reward_fn,
                              steps=self._cfg.schedule.ppo_steps_per_turn)
         for step in run.history:
@@ -109,16 +114,18 @@ class Learner:
             self._metrics.ppo_reward.set(step.score)
             self._metrics.ppo_kl.set(step.kl)
             self._metrics.ppo_clipfrac.set(step.clipfrac)
-        # 3. gate: candidate vs the adapter the user had, on held-out prompts
+        # 3. gate: the candidate vs the adapter the user is served, on held-out prompts
         new_score, new_kl = evaluate(ppo, user_id, ex.eval_prompts, reward_fn,
                                      self._cfg.publish.eval_samples)
-        after = _snapshot(ppo.pool, user_id)
-        _restore(ppo.pool, user_id, before)
+        candidate = _snapshot(ppo.pool, user_id)
+        _restore(ppo.pool, user_id, served)
         old_score, _ = evaluate(ppo, user_id, ex.eval_prompts, reward_fn,
                                 self._cfg.publish.eval_samples)
-        _restore(ppo.pool, user_id, after)
+        _restore(ppo.pool, user_id, candidate)
         result = self._decide(user_id, ex, run.steps, old_score, new_score, new_kl,
                               personal.heldout_accuracy, ppo)
+        if result.published_version:
+            self._served[user_id] = candidate
         self._metrics.turn_seconds.observe(time.perf_counter() - start)
         self._metrics.adapters_in_memory.set(len(ppo.pool.resident_users()))
         return result

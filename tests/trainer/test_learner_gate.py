@@ -1,0 +1,101 @@
+"""The publish gate of a training turn, on the tiny policy and the real MiniLM
+reward model: refused by reward, refused by KL, then published."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from services.records import GenerationRecord
+from services.store import AdapterStore
+from trainer.config import PublishConfig, ScheduleConfig, TrainerConfig
+from trainer.examples import build_examples
+from trainer.journal import Joined
+from trainer.learner import Learner, _snapshot
+from trainer.metrics import TrainerMetrics
+from trainer.ppo_config import PPOConfig
+from trainer.preferences import FeedbackEvent, PreferenceConfig
+from trainer.reward_config import RewardModelConfig
+
+USER = "gate-user"
+PROMPTS = ["tell me about the sea", "name a fruit", "how are you", "say something"]
+
+
+def joined_history() -> list[Joined]:
+    out = []
+    for i, prompt in enumerate(PROMPTS):
+        gens = {}
+        for c, text in enumerate(["ok.", "a longer answer here.", "a very long and detailed "
+                                                                 "answer with many words."]):
+            rid = f"r{i}-{c}"
+            gens[rid] = GenerationRecord(
+                response_id=rid, group_id=f"g{i}", user_id=USER, candidate_index=c,
+                num_candidates=3, messages=[{"role": "user", "content": prompt}],
+                prompt_token_ids=[1], completion=text, completion_token_ids=[2],
+                finish_reason="stop", adapter_version="", base_model="tiny", sampling={},
+                created_at=1.0)
+        event = FeedbackEvent(f"f{i}", USER, USER, f"g{i}", "ranking",
+                              (f"r{i}-0", f"r{i}-1", f"r{i}-2"), None, 2.0)
+        out.append(Joined(i + 1, event, gens))
+    return out
+
+
+@pytest.fixture(scope="module")
+def learner_setup(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("gate")
+    cfg = TrainerConfig(
+        adapter_store=str(tmp / "store"), state_dir=str(tmp / "state"),
+        policy_model=str(tiny_model_dir), policy_model_id="tiny",
+        schedule=ScheduleConfig(ppo_steps_per_turn=2, min_pairs=2),
+        ppo=PPOConfig(batch_size=4, mini_batch_size=2, max_new_tokens=6, lr=1e-2,
+                      temperature=0.5),
+        reward=RewardModelConfig(user_min_examples=4),
+        publish=PublishConfig(eval_prompts=2, eval_samples=1, min_improvement=1e9))
+    announced: list = []
+    metrics = TrainerMetrics()
+    learner = Learner(cfg, AdapterStore(cfg.adapter_store), metrics, announced.append)
+    return learner, cfg, announced, metrics
+
+
+def test_gate_refuses_then_publishes(learner_setup) -> None:  # type: ignore[no-untyped-def]
+    learner, cfg, announced, metrics = learner_setup
+    store = AdapterStore(cfg.adapter_store)
+    ex = build_examples(USER, joined_history(), PreferenceConfig())
+    assert len(ex.pairs) == 3 * len(PROMPTS)
+
+    # 1. a candidate that does not beat the served adapter by the margin is kept back
+    first = learner.turn(USER, ex)
+    assert first.decision.startswith("kept: candidate reward"), first.decision
+    assert first.steps == 2 and store.latest(USER) is None and announced == []
+    pool = learner._ppo.pool
+    served = learner._served[USER]
+    trained = _snapshot(pool, USER)
+    assert any(not torch.equal(served[k], trained[k]) for k in served), \
+        "training goes on from the refused candidate"
+
+    # 2. within the reward margin but over the KL bound: still kept back
+    learner._cfg = dataclasses.replace(cfg, publish=dataclasses.replace(
+        cfg.publish, min_improvement=-1e9, kl_bound=-1.0))
+    second = learner.turn(USER, ex)
+    assert second.decision.startswith("kept: KL"), second.decision
+    assert store.latest(USER) is None
+    assert all(torch.equal(served[k], learner._served[USER][k]) for k in served)
+
+    # 3. through the gate: published, announced, and the baseline moves to it
+    learner._cfg = dataclasses.replace(cfg, publish=dataclasses.replace(
+        cfg.publish, min_improvement=-1e9, kl_bound=1e9))
+    third = learner.turn(USER, ex)
+    assert third.decision == "published v1" and third.published_version == "v1"
+    manifest = store.manifest(USER, "v1")
+    assert manifest.steps == 6 and manifest.feedback_count == len(PROMPTS)
+    assert manifest.reward_before == pytest.approx(third.reward_before)
+    assert [a.version for a in announced] == ["v1"] and announced[0].sha256 == manifest.sha256
+    now = _snapshot(pool, USER)
+    assert all(torch.equal(now[k], learner._served[USER][k]) for k in now)
+    assert metrics.published._value.get() == 1
+    status = learner.status(USER, ex, third)
+    assert status["preference_pairs"] == 12 and status["last_publish_decision"] == "published v1"
