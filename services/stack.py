@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         created = ensure_topics(KafkaConfig(bootstrap_servers=bootstrap))
         log.info("Kafka at %s; created topics: %s", bootstrap, ", ".join(created) or "none")
-        env = {**os.environ, "PERSONALIZE_SERVER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        # one machine runs everything: the trainer takes one core unless told otherwise
+        env = {"PERSONALIZE_TRAINER_TORCH_THREADS": "1", **os.environ,
+               "PERSONALIZE_SERVER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                "PERSONALIZE_TRAINER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                "PERSONALIZE_SERVER_ENGINE_MODEL": args.model,
                "PERSONALIZE_TRAINER_POLICY_MODEL": args.model,
