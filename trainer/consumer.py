@@ -49,6 +49,7 @@ class Ingest(threading.Thread):
         self._producer: KafkaProducer | None = None
         self.assigned: set[int] = set()
         self.error: BaseException | None = None
+        self._to_validate: list[TopicPartition] = []
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -62,6 +63,7 @@ class Ingest(threading.Thread):
                 self._consumer.seek_to_beginning(tp)
             else:
                 self._consumer.seek(tp, pos)
+        self._to_validate = list(assigned)  # checked on this thread before the next poll
         self.assigned = {tp.partition for tp in assigned
                          if tp.topic == self._cfg.kafka.feedback_topic}
         log.info("owning partitions %s (resumed from the journal)", sorted(self.assigned))
@@ -92,8 +94,26 @@ class Ingest(threading.Thread):
             if self._producer is not None:
                 self._producer.close(timeout=5)
 
+    def _validate_positions(self) -> None:
+        """A journal position past the end of the log means the log was reset (e.g.
+        an in-memory broker restarted): read that partition again from the start
+        (feedback ids keep it exactly once). Blocking calls are not allowed in
+        the rebalance callback, so this runs on the consumer's own thread."""
+        assert self._consumer is not None
+        tps, self._to_validate = self._to_validate, []
+        ends = self._consumer.end_offsets(tps)
+        for tp in tps:
+            pos = self._consumer.position(tp)
+            if pos > ends[tp]:
+                log.warning("position %d is past the end %d of %s-%d: the log was reset; "
+                            "reading it again from the beginning", pos, ends[tp], tp.topic,
+                            tp.partition)
+                self._consumer.seek_to_beginning(tp)
+
     def poll_once(self) -> int:
         assert self._consumer is not None
+        if self._to_validate:
+            self._validate_positions()
         polled = self._consumer.poll(timeout_ms=self._cfg.poll_timeout_ms, max_records=500)
         batch = [Consumed(tp.topic, tp.partition, r.offset, r.key, r.value)
                  for tp, records in polled.items() for r in records]
