@@ -48,6 +48,7 @@ class TurnResult:
     kl: float = math.nan
     rm_accuracy: float | None = None
     steps: int = 0
+    interrupted: bool = False
 
 
 class Learner:
@@ -87,7 +88,10 @@ class Learner:
         return self._store.version_dir(user_id, version) if version else None
 
     # -- the turn ---------------------------------------------------------------------------
-    def turn(self, user_id: str, ex: UserExamples) -> TurnResult:
+    def turn(self, user_id: str, ex: UserExamples,
+             should_stop: Callable[[], bool] = lambda: False) -> TurnResult:
+        """One turn; ``should_stop`` is checked between PPO iterations, and an
+        interrupted turn publishes nothing (it is simply run again later)."""
         start = time.perf_counter()
         self._metrics.pairs.inc(len(ex.data.pairs))
         if len(ex.pairs) + len(ex.thumbs) < self._cfg.schedule.min_pairs:
@@ -107,13 +111,19 @@ class Learner:
         self._restore_progress(ppo, user_id)
         ppo.pool.activate(user_id)
         served = self._served.setdefault(user_id, _snapshot(ppo.pool, user_id))
-        run = ppo.train_user(user_id, ex.train_prompts, reward_fn,
-                             steps=self._cfg.schedule.ppo_steps_per_turn)
-        for step in run.history:
-            self._metrics.ppo_steps.inc()
-            self._metrics.ppo_reward.set(step.score)
-            self._metrics.ppo_kl.set(step.kl)
-            self._metrics.ppo_clipfrac.set(step.clipfrac)
+        steps = 0
+        for _ in range(self._cfg.schedule.ppo_steps_per_turn):
+            if should_stop():
+                return TurnResult(user_id, "interrupted", interrupted=True)
+            run = ppo.train_user(user_id, ex.train_prompts, reward_fn, steps=1)
+            steps += run.steps
+            for step in run.history:
+                self._metrics.ppo_steps.inc()
+                self._metrics.ppo_reward.set(step.score)
+                self._metrics.ppo_kl.set(step.kl)
+                self._metrics.ppo_clipfrac.set(step.clipfrac)
+            if run.stopped_reason != "budget":  # the seed's stop rule ended the run
+                break
         # 3. gate: the candidate vs the adapter the user is served, on held-out prompts
         new_score, new_kl = evaluate(ppo, user_id, ex.eval_prompts, reward_fn,
                                      self._cfg.publish.eval_samples)
@@ -122,7 +132,7 @@ class Learner:
         old_score, _ = evaluate(ppo, user_id, ex.eval_prompts, reward_fn,
                                 self._cfg.publish.eval_samples)
         _restore(ppo.pool, user_id, candidate)
-        result = self._decide(user_id, ex, run.steps, old_score, new_score, new_kl,
+        result = self._decide(user_id, ex, steps, old_score, new_score, new_kl,
                               personal.heldout_accuracy, ppo)
         if result.published_version:
             self._served[user_id] = candidate

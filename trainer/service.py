@@ -83,7 +83,9 @@ class TrainerService:
         joined = self.journal.joined(user)
         oldest_new = pending[user][1]
         ex = build_examples(user, joined, PreferenceConfig())
-        result = self.learner.turn(user, ex)
+        result = self.learner.turn(user, ex, self.stop_event.is_set)
+        if result.interrupted:
+            return True
         self.store.write_status(user, self.learner.status(user, ex, result))
         self.journal.mark_trained(user, ex.through_seq)
         self._last_trained[user] = time.monotonic()

@@ -99,3 +99,12 @@ def test_gate_refuses_then_publishes(learner_setup) -> None:  # type: ignore[no-
     assert metrics.published._value.get() == 1
     status = learner.status(USER, ex, third)
     assert status["preference_pairs"] == 12 and status["last_publish_decision"] == "published v1"
+
+
+def test_interrupted_turn_publishes_nothing(learner_setup) -> None:  # type: ignore[no-untyped-def]
+    learner, cfg, announced, _ = learner_setup
+    ex = build_examples(USER, joined_history(), PreferenceConfig())
+    before = len(announced)
+    result = learner.turn(USER, ex, should_stop=lambda: True)
+    assert result.interrupted and result.decision == "interrupted"
+    assert len(announced) == before
