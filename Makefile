@@ -44,6 +44,7 @@ model: $(MODEL_DIR)/config.json
 
 $(MODEL_DIR)/config.json: $(STAMP)
 	$(PY) -m services.prepare_model --out $(MODEL_DIR)
+	touch $@
 
 # Non-Python clients the tests use (grpc-js, kafkajs), from the npm registry.
 $(NODE_CLIENTS)/.installed: tests/clients/package.json
