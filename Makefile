@@ -11,14 +11,20 @@ GENERATED := $(PROTOS:.proto=_pb2.py)
 STAMP := $(VENV)/.installed
 NODE_CLIENTS := .cache/node-clients
 
-.PHONY: up test setup proto model lint clean
+.PHONY: up test setup proto model lint clean promtool
 .DEFAULT_GOAL := up
 
 up: setup
 	$(VENV)/bin/personalize-stack --model $(MODEL_DIR)
 
-test: setup $(NODE_CLIENTS)/.installed
+test: setup $(NODE_CLIENTS)/.installed promtool
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# promtool (Debian's prometheus package) checks the alert rules and config in tests.
+promtool:
+	@command -v promtool >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq prometheus; \
+		else echo "install Debian's prometheus package (sudo apt-get install -y prometheus)"; exit 1; fi; }
 
 setup: $(STAMP) $(GENERATED) $(MODEL_DIR)/config.json
 

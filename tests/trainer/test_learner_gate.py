@@ -102,7 +102,7 @@ def test_gate_refuses_then_publishes(learner_setup) -> None:  # type: ignore[no-
 
 
 def test_interrupted_turn_publishes_nothing(learner_setup) -> None:  # type: ignore[no-untyped-def]
-    learner, cfg, announced, _ = learner_setup
+    learner, _, announced, _ = learner_setup
     ex = build_examples(USER, joined_history(), PreferenceConfig())
     before = len(announced)
     result = learner.turn(USER, ex, should_stop=lambda: True)

@@ -1,0 +1,169 @@
+"""Writes deploy/grafana/dashboards/personalize.json, the Grafana dashboard of the stack.
+
+Edit the panels here, then run ``python deploy/grafana/make_dashboard.py``;
+tests/deploy/test_deploy.py fails when the JSON and this script disagree, when a
+query names a metric that services/metrics.py or trainer/metrics.py does not
+define, or when a defined metric has no panel.
+
+Plain standard library on purpose: it runs anywhere, without the project installed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "dashboards" / "personalize.json"
+DS = {"type": "prometheus", "uid": "${datasource}"}
+RATE = "[$__rate_interval]"
+
+
+def quantiles(metric: str, by: str = "", qs: tuple[float, ...] = (0.5, 0.99)) -> list[dict]:
+    """p50/p99 (by default) of a histogram, optionally split by a label."""
+    grouping = f"le, {by}" if by else "le"
+    suffix = f" {{{{{by}}}}}" if by else ""
+    return [{"expr": f"histogram_quantile({q}, sum by ({grouping}) "
+                     f"(rate({metric}_bucket{RATE})))",
+             "legendFormat": f"p{round(q * 100)}{suffix}"} for q in qs]
+
+
+def rate(metric: str, by: str = "", legend: str = "") -> list[dict]:
+    """Per-second rate of a counter (``metric`` without _total), summed by ``by``."""
+    grouping = f" by ({by})" if by else ""
+    default = " ".join(f"{{{{{label.strip()}}}}}" for label in by.split(",")) if by else "rate"
+    return [{"expr": f"sum{grouping} (rate({metric}_total{RATE}))",
+             "legendFormat": legend or default}]
+
+
+def gauge(metric: str, by: str = "", agg: str = "sum", legend: str = "") -> list[dict]:
+    grouping = f" by ({by})" if by else ""
+    default = " ".join(f"{{{{{label.strip()}}}}}" for label in by.split(",")) if by else agg
+    return [{"expr": f"{agg}{grouping} ({metric})", "legendFormat": legend or default}]
+
+
+S, T = "personalize_server_", "personalize_trainer_"
+
+# (row title, [(panel title, unit, description, targets)])
+ROWS: list[tuple[str, list[tuple[str, str, str, list[dict]]]]] = [
+    ("Serving", [
+        ("gRPC calls by method and code", "reqps", "All replicas; codes other than OK are "
+         "mapped from domain errors (docs/api.md).", rate(S + "requests", "method, code")),
+        ("gRPC call latency", "s", "Whole-call latency by method (a Generate call lasts "
+         "until its stream ends).", quantiles(S + "request_duration_seconds", "method")),
+        ("Time to first token", "s", "Request to first streamed token (HighTimeToFirstTokenP99 "
+         "alerts on p99 > 5s).", quantiles(S + "time_to_first_token_seconds",
+                                           qs=(0.5, 0.9, 0.99))),
+        ("Inter-token latency", "s", "Time between streamed tokens of one candidate.",
+         quantiles(S + "inter_token_latency_seconds")),
+        ("Generated tokens", "short", "Completion tokens per second, base model vs personal "
+         "adapters.", rate(S + "generated_tokens", "adapter")),
+        ("Running streams", "short", "Generate calls in flight (max_concurrent_streams "
+         "per replica).", gauge(S + "running_streams", "instance")),
+        ("Active adapters", "short", "Adapter versions routed to or still in use, per "
+         "replica.", gauge(S + "active_adapters", "instance")),
+        ("Adapter loads", "ops", "New adapter versions loaded, by result.",
+         rate(S + "adapter_loads", "result")),
+        ("Adapter swap duration", "s", "Verify + load time of a new adapter version.",
+         quantiles(S + "adapter_swap_duration_seconds")),
+        ("Adapter refusals", "ops", "Versions refused by reason; users keep their last "
+         "good adapter (AdapterSwapFailures).", rate(S + "adapter_refusals", "reason")),
+    ]),
+    ("Feedback", [
+        ("Feedback calls", "reqps", "SubmitFeedback by result; reason is the kind when "
+         "accepted and the error when rejected.", rate(S + "feedback", "result, reason")),
+        ("Preference pairs built", "ops", "Pairs the trainer derived from rankings and "
+         "thumbs.", rate(T + "preference_pairs_built")),
+        ("Users with feedback", "short", "Users with feedback in the trainers' journals.",
+         gauge(T + "users_tracked", "instance")),
+        ("Feedback to publish", "s", "Oldest new feedback of a turn to its adapter's "
+         "publication.", quantiles(T + "feedback_to_publish_seconds")),
+    ]),
+    ("Training", [
+        ("PPO iterations", "ops", "PPO iterations per second, all trainers.",
+         rate(T + "ppo_steps")),
+        ("PPO mean reward", "short", "Mean reward of the last PPO step, per trainer.",
+         gauge(T + "ppo_mean_reward", "instance")),
+        ("PPO KL to reference", "short", "Mean KL of the last PPO step, per trainer.",
+         gauge(T + "ppo_kl", "instance")),
+        ("PPO clip fraction", "percentunit", "Clip fraction of the last PPO step.",
+         gauge(T + "ppo_clipfrac", "instance")),
+        ("Reward-model loss", "short", "Last training loss, shared head and user head.",
+         gauge(T + "reward_model_loss", "instance, part", "max")),
+        ("Reward-model held-out accuracy", "percentunit", "Pairwise accuracy on held-out "
+         "pairs per trained user: mean and median.",
+         [{"expr": f"sum(rate({T}reward_model_heldout_accuracy_sum{RATE})) / "
+                   f"sum(rate({T}reward_model_heldout_accuracy_count{RATE}))",
+           "legendFormat": "mean"},
+          *quantiles(T + "reward_model_heldout_accuracy", qs=(0.5,))]),
+        ("Turn duration", "s", "One user's training turn.",
+         quantiles(T + "turn_duration_seconds")),
+        ("Adapters published and refused", "ops", "Publish-gate outcomes "
+         "(NoAdapterPublishedWhileFeedbackArrives).",
+         rate(T + "adapters_published", legend="published")
+         + rate(T + "adapters_refused", "reason", "refused {{reason}}")),
+        ("Adapters in memory", "short", "User adapters resident in each trainer's policy "
+         "model.", gauge(T + "adapters_in_memory", "instance")),
+    ]),
+    ("Kafka", [
+        ("Produce latency", "s", "Time to a broker acknowledgement, by topic (p99).",
+         quantiles(S + "kafka_produce_duration_seconds", "topic", qs=(0.99,))),
+        ("Produce errors", "ops", "Records the broker did not acknowledge "
+         "(KafkaProduceErrors).", rate(S + "kafka_produce_errors", "topic")),
+        ("Consumer lag", "short", "Records behind the end per topic and partition "
+         "(ConsumerLagGrowing).", gauge(T + "consumer_lag", "topic, partition", "max")),
+        ("Records consumed", "ops", "Records journaled from Kafka, per trainer.",
+         rate(T + "records_consumed", "instance")),
+        ("Dead letters", "ops", "Records sent to a dead-letter topic (DeadLetters).",
+         rate(T + "dead_lettered", "topic, reason")),
+    ]),
+]
+
+
+def build() -> dict:
+    panels: list[dict] = []
+    pid, y = 1, 0
+    for title, row in ROWS:
+        panels.append({"type": "row", "title": title, "id": pid, "collapsed": False,
+                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+        pid, y = pid + 1, y + 1
+        for i, (ptitle, unit, desc, targets) in enumerate(row):
+            panels.append({
+                "type": "timeseries", "title": ptitle, "description": desc, "id": pid,
+                "datasource": DS,
+                "gridPos": {"h": 8, "w": 8, "x": (i % 3) * 8, "y": y + (i // 3) * 8},
+                "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+                "options": {"legend": {"displayMode": "list", "placement": "bottom"},
+                            "tooltip": {"mode": "multi"}},
+                "targets": [{"refId": chr(ord("A") + j), "datasource": DS, **t}
+                            for j, t in enumerate(targets)],
+            })
+            pid += 1
+        y += ((len(row) + 2) // 3) * 8
+    return {
+        "uid": "personalize",
+        "title": "personalize",
+        "description": "Online RLHF personalization: serving, feedback, training, Kafka.",
+        "tags": ["personalize"],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "refresh": "30s",
+        "time": {"from": "now-3h", "to": "now"},
+        "templating": {"list": [{
+            "name": "datasource", "label": "Data source", "type": "datasource",
+            "query": "prometheus", "current": {}, "hide": 0, "refresh": 1,
+        }]},
+        "annotations": {"list": []},
+        "panels": panels,
+    }
+
+
+def render() -> str:
+    return json.dumps(build(), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(render())
+    print(f"wrote {OUT}")
