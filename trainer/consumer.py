@@ -118,8 +118,7 @@ class Ingest(threading.Thread):
         batch = [Consumed(tp.topic, tp.partition, r.offset, r.key, r.value)
                  for tp, records in polled.items() for r in records]
         if batch:
-            self._dead_letter(self._journal.parse_errors(batch))
-            self._journal.apply(batch)
+            self._journal.apply(batch, self._dead_letter)
             self._consumer.commit()  # only after the journal holds the batch durably
             self._metrics.consumed.inc(len(batch))
         expired = self._journal.expire_pending(self._cfg.join_timeout_s)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.records import FeedbackRecord, GenerationRecord, RecordError
+from services.records import FeedbackRecord, GenerationRecord, Record, RecordError
 from trainer.preferences import FeedbackEvent
 
 _SCHEMA = """
@@ -77,22 +77,33 @@ class Journal:
         self._db.close()
 
     # -- ingest ------------------------------------------------------------------------
-    def apply(self, batch: Sequence[Consumed]) -> None:
+    def apply(self, batch: Sequence[Consumed],
+              dead_letter: Callable[[list[DeadLetter]], None] = lambda _: None) -> None:
         """Durably add a polled batch and advance its partitions' positions.
 
-        Unparseable records are skipped here: the caller dead-letters them
-        (see :meth:`parse_errors`) BEFORE calling apply, so a crash in between
-        only repeats a dead letter and never loses one.
+        Each record is parsed once. Unparseable ones are handed to
+        ``dead_letter`` BEFORE the transaction (the caller writes them to the
+        dead-letter topic and waits for the ack), so a crash in between only
+        repeats a dead letter and never loses one; they are then skipped.
         """
-        bad = {(d.record.topic, d.record.partition, d.record.offset)
-               for d in self.parse_errors(batch)}
+        parsed, dead = self._parse(batch)
+        if dead:
+            dead_letter(dead)
         now = time.time()
         cur = self._db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
             for r in batch:
-                if (r.topic, r.partition, r.offset) not in bad:
-                    self._insert(cur, r, now)
+                record = parsed.get((r.topic, r.partition, r.offset))
+                if isinstance(record, GenerationRecord):
+                    cur.execute("INSERT OR IGNORE INTO generations VALUES (?, ?, ?, ?)",
+                                (record.response_id, record.user_id, record.group_id,
+                                 r.value.decode()))
+                elif isinstance(record, FeedbackRecord):
+                    cur.execute("INSERT OR IGNORE INTO feedback (user_id, feedback_id, partition,"
+                                " body, state, received_at) VALUES (?, ?, ?, ?, 'pending', ?)",
+                                (record.user_id, record.feedback_id, r.partition,
+                                 r.value.decode(), now))
                 cur.execute(
                     "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT (topic, partition) "
                     "DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)",
@@ -103,40 +114,37 @@ class Journal:
             cur.execute("ROLLBACK")
             raise
 
-    def parse_errors(self, batch: Iterable[Consumed]) -> list[DeadLetter]:
-        return [d for d in (self._check(r) for r in batch) if d is not None]
+    def _parse(self, batch: Iterable[Consumed]
+               ) -> tuple[dict[tuple[str, int, int], Record], list[DeadLetter]]:
+        parsed: dict[tuple[str, int, int], Record] = {}
+        dead: list[DeadLetter] = []
+        for r in batch:
+            try:
+                if r.topic == self._gen_topic:
+                    record: Record = GenerationRecord.from_json(r.value)
+                elif r.topic == self._fb_topic:
+                    record = FeedbackRecord.from_json(r.value)
+                    _to_event(record)  # validates the feedback's shape
+                else:
+                    dead.append(DeadLetter(r, f"unexpected topic {r.topic}"))
+                    continue
+            except (RecordError, ValueError, TypeError) as exc:
+                dead.append(DeadLetter(r, f"unparseable: {exc}"))
+                continue
+            parsed[(r.topic, r.partition, r.offset)] = record
+        return parsed, dead
 
-    def _check(self, r: Consumed) -> DeadLetter | None:
-        try:
-            if r.topic == self._gen_topic:
-                GenerationRecord.from_json(r.value)
-            elif r.topic == self._fb_topic:
-                record = FeedbackRecord.from_json(r.value)
-                _to_event(record)
-            else:
-                return DeadLetter(r, f"unexpected topic {r.topic}")
-        except (RecordError, ValueError, TypeError) as exc:
-            return DeadLetter(r, f"unparseable: {exc}")
-        return None
-
-    def _insert(self, cur: sqlite3.Cursor, r: Consumed, now: float) -> None:
-        if r.topic == self._gen_topic:
-            g = GenerationRecord.from_json(r.value)
-            cur.execute("INSERT OR IGNORE INTO generations VALUES (?, ?, ?, ?)",
-                        (g.response_id, g.user_id, g.group_id, r.value.decode()))
-        else:
-            f = FeedbackRecord.from_json(r.value)
-            cur.execute("INSERT OR IGNORE INTO feedback (user_id, feedback_id, partition, body,"
-                        " state, received_at) VALUES (?, ?, ?, ?, 'pending', ?)",
-                        (f.user_id, f.feedback_id, r.partition, r.value.decode(), now))
+    def _generations(self, cur: sqlite3.Cursor | sqlite3.Connection, columns: str,
+                     response_ids: Sequence[str]) -> list[tuple[str, ...]]:
+        marks = ",".join("?" * len(response_ids))
+        return cur.execute(f"SELECT {columns} FROM generations WHERE response_id IN ({marks})",
+                           list(response_ids)).fetchall()
 
     def _join_pending(self, cur: sqlite3.Cursor) -> None:
         rows = cur.execute("SELECT seq, body FROM feedback WHERE state = 'pending'").fetchall()
         for seq, body in rows:
             record = FeedbackRecord.from_json(body.encode())
-            found = cur.execute(
-                f"SELECT user_id, group_id FROM generations WHERE response_id IN "
-                f"({','.join('?' * len(record.response_ids))})", record.response_ids).fetchall()
+            found = self._generations(cur, "user_id, group_id", record.response_ids)
             if len(found) < len(record.response_ids):
                 continue
             ok = all(u == record.user_id and g == record.group_id for u, g in found)
@@ -165,9 +173,7 @@ class Journal:
         out = []
         for seq, body in rows:
             record = FeedbackRecord.from_json(body.encode())
-            gens = self._db.execute(
-                f"SELECT response_id, body FROM generations WHERE response_id IN "
-                f"({','.join('?' * len(record.response_ids))})", record.response_ids).fetchall()
+            gens = self._generations(self._db, "response_id, body", record.response_ids)
             out.append(Joined(seq, _to_event(record),
                               {rid: GenerationRecord.from_json(b.encode()) for rid, b in gens}))
         return out

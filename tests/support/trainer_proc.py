@@ -19,3 +19,16 @@ def start_trainer(bootstrap: str, state_dir: Path, store: Path, group: str, log:
            **{f"PERSONALIZE_TRAINER_{k.upper()}": v for k, v in env_overrides.items()}}
     return subprocess.Popen([sys.executable, "-m", "trainer.service"], env=env,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def journaled_ids(state_dir: Path, users: list[str]) -> list[str]:
+    """Feedback ids in a trainer's training data (its journal), users in order."""
+    from trainer.journal import Journal
+
+    if not (state_dir / "journal.sqlite").exists():
+        return []
+    journal = Journal(state_dir / "journal.sqlite", "generations", "feedback")
+    try:
+        return [fid for u in users for fid in journal.feedback_ids(u)]
+    finally:
+        journal.close()

@@ -12,8 +12,7 @@ from pathlib import Path
 
 from personalize.v1 import assistant_pb2 as pb
 from tests.services.helpers import generate
-from tests.support.trainer_proc import start_trainer
-from trainer.journal import Journal
+from tests.support.trainer_proc import journaled_ids, start_trainer
 
 EVENTS = 300
 
@@ -45,13 +44,7 @@ def test_kill_9_loses_nothing_and_counts_nothing_twice(stub, broker, tmp_path: P
     start = lambda: start_trainer(broker.bootstrap, state, tmp_path / "store", group,  # noqa: E731
                                   tmp_path / "trainer.log", train="false")
     def journaled() -> list[str]:
-        if not (state / "journal.sqlite").exists():
-            return []
-        journal = Journal(state / "journal.sqlite", "generations", "feedback")
-        try:
-            return [fid for u in users for fid in journal.feedback_ids(u)]
-        finally:
-            journal.close()
+        return journaled_ids(state, users)
 
     sender = threading.Thread(target=burst)
     trainer = start()

@@ -56,9 +56,9 @@ def test_bad_records_and_mismatch_and_expiry(tmp_path: Path) -> None:
     j, feed = Journal(tmp_path / "j.db", G, F), Feed()
     batch = [feed(F, b"{not json"), feed(G, gen("x", user="bob", group="g9")),
              feed(F, fb("f3", ["x", "y"], group="g9")), feed(F, fb("f4", ["zz", "yy"]))]
-    errors = j.parse_errors(batch)
+    errors: list = []
+    j.apply(batch, errors.extend)
     assert [e.record.offset for e in errors] == [0] and "unparseable" in errors[0].reason
-    j.apply(batch)
     j.apply([feed(G, gen("y", user="alice", group="g9"))])
     counts = j.counts()
     assert counts["dead:mismatch"] == 1, "alice cannot rate bob's response"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from personalize.v1 import assistant_pb2 as pb
 from tests.services.helpers import generate
-from tests.support.trainer_proc import start_trainer
+from tests.support.trainer_proc import journaled_ids, start_trainer
 from trainer.journal import Consumed, Journal
 
 
@@ -31,9 +31,7 @@ def test_positions_past_the_end_are_read_again(stub, broker, tmp_path: Path) -> 
     try:
         deadline = time.monotonic() + 60
         while True:
-            journal = Journal(state / "journal.sqlite", "generations", "feedback")
-            ids = journal.feedback_ids(user)
-            journal.close()
+            ids = journaled_ids(state, [user])
             if ids or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
