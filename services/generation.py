@@ -8,6 +8,7 @@ its generation in the log. Leaving the stream early aborts the engine work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -82,7 +83,9 @@ class GenerationService:
         self._running += 1
         self._metrics.running.set(self._running)
         try:
-            async with self._adapters.use(params.user_id) as slot:
+            adapter = (contextlib.nullcontext(None) if params.base_model
+                       else self._adapters.use(params.user_id))
+            async with adapter as slot:
                 call = _Call(params, prompt_ids, uuid.uuid4().hex, slot, time.perf_counter())
                 async for chunk in self._merge(call):
                     yield chunk

@@ -28,6 +28,7 @@ class AssistantServicer(pb_grpc.AssistantServicer):
             request.top_p if request.HasField("top_p") else None,
             request.seed if request.HasField("seed") else None,
             self._limits,
+            base_model=request.base_model,
         )
         async for c in self._core.generate(params):
             yield pb.GenerateResponse(

@@ -34,6 +34,7 @@ class GenerateParams:
     temperature: float
     top_p: float
     seed: int | None
+    base_model: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ def validate_generate(
     top_p: float | None,
     seed: int | None,
     limits: GenerationLimits,
+    base_model: bool = False,
 ) -> GenerateParams:
     """Check every field of a Generate request; defaults fill what was left unset."""
     validate_user_id(user_id)
@@ -118,7 +120,7 @@ def validate_generate(
     p = 1.0 if top_p is None else top_p
     if not math.isfinite(p) or not 0 < p <= 1:
         raise InvalidArgument(f"top_p must be in (0, 1], got {top_p}")
-    return GenerateParams(user_id, msgs, n, tokens, float(temp), float(p), seed)
+    return GenerateParams(user_id, msgs, n, tokens, float(temp), float(p), seed, base_model)
 
 
 def validate_feedback(

@@ -92,6 +92,9 @@ def test_swap_under_load(stub, server, store, broker, tiny_model_dir: Path, tmp_
     assert {"", "v2"} <= set(versions), versions
     for version, text in load.results:
         assert text == expected[version], f"a request on {version or 'base'} got other weights"
+    # base_model=True answers without the adapter, for comparisons
+    base = generate(stub, user, PROMPT, max_tokens=24, temperature=0.0, base_model=True)
+    assert base.finished[0].adapter_version == "" and base.texts[0] == base_text
     # the bystander never moved off the base model
     other = greedy(stub, bystander)
     assert other.finished[0].adapter_version == "" and other.texts[0] == bystander_text
