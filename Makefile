@@ -11,11 +11,15 @@ GENERATED := $(PROTOS:.proto=_pb2.py)
 STAMP := $(VENV)/.installed
 NODE_CLIENTS := .cache/node-clients
 
-.PHONY: up test setup proto model lint clean promtool
+.PHONY: up demo test setup proto model lint clean promtool
 .DEFAULT_GOAL := up
 
 up: setup
 	$(VENV)/bin/personalize-stack --model $(MODEL_DIR)
+
+# Simulated users teach their adapters through the public API; see README.
+demo: setup
+	$(PY) -m demo --model $(MODEL_DIR) $(DEMO_ARGS)
 
 test: setup $(NODE_CLIENTS)/.installed promtool
 	$(PY) -m pytest $(PYTEST_ARGS)

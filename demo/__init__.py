@@ -1,0 +1,1 @@
+"""Simulated users with hidden preferences driving the public gRPC API (``make demo``)."""

@@ -1,0 +1,207 @@
+"""Simulated users talking to the service through the public gRPC API only.
+
+Each user asks prompts, rates what comes back (thumbs on one answer, or a ranking of
+2-4 candidates) with its labelers' noisy judgement, and watches its own status. An
+evaluator measures, whenever a user is served a new adapter version, how often that
+version's answers beat the base model's on held-out prompts under the user's hidden
+preference (the win rate), and under every other user's preference (leakage).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+
+from demo.preferences import Preference, win
+from demo.prompts import eval_prompts, feedback_prompts
+from demo.users import SimUser
+from services.client import AssistantClient, Candidate
+
+log = logging.getLogger("personalize.demo")
+
+
+@dataclass(frozen=True)
+class DriveConfig:
+    max_tokens: int = 64
+    """Answer length limit of every request."""
+    temperature: float = 1.0
+    """Sampling temperature of the answers users rate."""
+    thumbs_fraction: float = 0.3
+    """Share of events that are a thumbs on one answer (the rest rank 2-4 candidates)."""
+    pause_s: float = 3.0
+    """Pause of each user between two feedback events."""
+    eval_samples: int = 2
+    """Seeded samples per held-out prompt when measuring a win rate."""
+    eval_temperature: float = 0.7
+    poll_s: float = 5.0
+    """How often the users' status is read."""
+    seed: int = 0
+
+
+@dataclass
+class Point:
+    """One sample of a user's curves."""
+
+    t: float
+    feedback: int
+    version: str
+    rm_accuracy: float
+    win_rate: float
+
+
+@dataclass
+class UserState:
+    user: SimUser
+    feedback: int = 0
+    """Feedback events acknowledged by the server."""
+    errors: int = 0
+    version: str = ""
+    rm_accuracy: float = math.nan
+    rm_accuracy_shared: float = math.nan
+    win_rate: float = 0.5
+    """Own preference: the served version vs the base model on held-out prompts."""
+    cross_win: dict[str, float] = field(default_factory=dict)
+    """Win rate of the served version under other users' preferences, by user."""
+    feedback_at_best: int = 0
+    """Feedback events sent when the best win rate so far was first measured."""
+    best_win_rate: float = 0.5
+    decision: str = ""
+    labelers: list[tuple[str, float, bool]] = field(default_factory=list)
+    history: list[Point] = field(default_factory=list)
+
+
+class Simulation:
+    """Runs the users and the evaluator until ``stop()``; ``states`` is read by views."""
+
+    def __init__(self, client: AssistantClient, users: list[SimUser], cfg: DriveConfig,
+                 on_event: Callable[[str], None] = lambda _: None) -> None:
+        self._client = client
+        self._cfg = cfg
+        self.on_event = on_event
+        self.states = {u.user_id: UserState(u) for u in users}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._base: dict[tuple[str, int], str] = {}
+        self.started = time.monotonic()
+        self.thresholds: dict[str, float] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        base = self._answers(next(iter(self.states)), base_model=True)
+        self._base = {k: c.text for k, c in base.items()}
+        for state in self.states.values():
+            # thumbs up means "better than the base model's median answer", for this user
+            scores = sorted(state.user.preference.score(t) for t in self._base.values())
+            self.thresholds[state.user.user_id] = scores[len(scores) // 2]
+        self.started = time.monotonic()
+        for i, state in enumerate(self.states.values()):
+            self._spawn(self._feedback_loop, state, random.Random(self._cfg.seed * 1000 + i))
+        self._spawn(self._watch_loop)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=self._cfg.max_tokens)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def _spawn(self, target: Callable[..., None], *args: object) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    # -- feedback -------------------------------------------------------------------------
+    def _feedback_loop(self, state: UserState, rng: random.Random) -> None:
+        prompts = feedback_prompts()
+        while not self._stop.is_set():
+            try:
+                self._one_event(state, rng.choice(prompts), rng)
+            except grpc.RpcError as exc:
+                state.errors += 1
+                self.on_event(f"{state.user.user_id}: {exc.code().name} {exc.details()}")
+            self._stop.wait(self._cfg.pause_s * (0.5 + rng.random()))
+
+    def _one_event(self, state: UserState, prompt: str, rng: random.Random) -> None:
+        user, cfg = state.user, self._cfg
+        thumbs = rng.random() < cfg.thumbs_fraction
+        n = 1 if thumbs else rng.choice((2, 3, 4))
+        answers = self._client.complete(user.user_id, prompt, num_candidates=n,
+                                        max_tokens=cfg.max_tokens, temperature=cfg.temperature)
+        for labeler in user.labelers:
+            if thumbs:
+                up = labeler.thumbs_up(answers[0].text, self.thresholds[user.user_id], rng)
+                self._client.thumbs(user.user_id, answers[0].response_id, up,
+                                    labeler_id=labeler.labeler_id)
+            else:
+                order = labeler.rank([a.text for a in answers], rng)
+                self._client.rank(user.user_id, [answers[i].response_id for i in order],
+                                  labeler_id=labeler.labeler_id)
+        state.feedback += 1
+
+    # -- status and evaluation ------------------------------------------------------------
+    def _watch_loop(self) -> None:
+        while not self._stop.is_set():
+            for state in self.states.values():
+                if self._stop.is_set():
+                    return
+                try:
+                    self._refresh(state)
+                except grpc.RpcError as exc:
+                    self.on_event(f"status of {state.user.user_id}: {exc.code().name}")
+                except Exception as exc:  # shown in the view; the demo goes on
+                    log.exception("evaluating %s", state.user.user_id)
+                    self.on_event(f"evaluating {state.user.user_id} failed: {exc!r}")
+            self._stop.wait(self._cfg.poll_s)
+
+    def _refresh(self, state: UserState) -> None:
+        status = self._client.status(state.user.user_id)
+        state.rm_accuracy = status.reward_model_accuracy
+        state.rm_accuracy_shared = status.reward_model_shared_accuracy
+        state.decision = status.last_publish_decision
+        state.labelers = [(s.labeler_id, s.agreement, s.flagged) for s in status.labelers]
+        if status.adapter_version and status.adapter_version != state.version:
+            self._evaluate(state, status.adapter_version)
+        state.history.append(Point(self.elapsed(), state.feedback, state.version,
+                                   state.rm_accuracy, state.win_rate))
+
+    def _evaluate(self, state: UserState, version: str) -> None:
+        answers = self._answers(state.user.user_id, base_model=False)
+        served = {a.adapter_version for a in answers.values()} - {""}
+        state.version = max(served, key=lambda v: int(v[1:])) if served else version
+        texts = {k: a.text for k, a in answers.items()}
+        state.win_rate = self.win_rate(state.user.preference, texts)
+        state.cross_win = {other.user.user_id: self.win_rate(other.user.preference, texts)
+                           for other in self.states.values() if other is not state}
+        if state.win_rate > state.best_win_rate:
+            state.best_win_rate, state.feedback_at_best = state.win_rate, state.feedback
+        self.on_event(f"{state.user.user_id} now served {state.version}: win rate "
+                       f"{state.win_rate:.0%} vs base")
+
+    def win_rate(self, preference: Preference, texts: dict[tuple[str, int], str]) -> float:
+        wins = [win(preference, texts[k], self._base[k]) for k in self._base]
+        return sum(wins) / len(wins)
+
+    def _answers(self, user_id: str, base_model: bool) -> dict[tuple[str, int], Candidate]:
+        """Seeded answers to every held-out prompt, by (prompt, sample)."""
+        cfg = self._cfg
+
+        def one(item: tuple[int, str]) -> list[Candidate]:
+            i, prompt = item
+            return self._client.complete(
+                user_id, prompt, num_candidates=cfg.eval_samples, max_tokens=cfg.max_tokens,
+                temperature=cfg.eval_temperature, seed=cfg.seed * 7919 + i, base_model=base_model)
+
+        prompts = list(enumerate(eval_prompts()))
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            results = list(pool.map(one, prompts))
+        return {(p, c.index): c for (_, p), cands in zip(prompts, results, strict=True)
+                for c in cands}

@@ -1,0 +1,59 @@
+"""The live terminal view of a running demo (rich)."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from demo.driver import Simulation, UserState
+
+
+def _pct(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.0%}"
+
+
+def _win_style(x: float) -> str:
+    return "bold green" if x >= 0.75 else "green" if x > 0.55 else "red" if x < 0.45 else ""
+
+
+def _labelers(state: UserState) -> str:
+    if not state.user.has_pool:
+        return ""
+    return ", ".join(f"{lid.removeprefix(state.user.user_id + '-') or 'self'} "
+                     f"{agree:.2f}{' FLAGGED' if flagged else ''}"
+                     for lid, agree, flagged in state.labelers)
+
+
+class LiveView:
+    """Renders the users' table and the latest events; feed it with ``event``."""
+
+    def __init__(self, sim: Simulation, duration_s: float, events: int = 6) -> None:
+        self._sim = sim
+        self._duration = duration_s
+        self._events: deque[str] = deque(maxlen=events)
+
+    def event(self, line: str) -> None:
+        self._events.append(f"[{self._sim.elapsed():5.0f}s] {line}")
+
+    def __rich__(self) -> Group:
+        table = Table(title=f"personalize demo: {self._sim.elapsed():.0f}s of "
+                            f"{self._duration:.0f}s", expand=True)
+        for col, justify in (("user", "left"), ("hidden preference", "left"),
+                             ("feedback", "right"), ("adapter", "center"),
+                             ("RM acc (shared)", "right"), ("win rate vs base", "right"),
+                             ("last decision", "left"), ("labelers (agreement)", "left")):
+            table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        for s in self._sim.states.values():
+            table.add_row(
+                s.user.user_id, s.user.preference.description, str(s.feedback),
+                s.version or "base",
+                f"{_pct(s.rm_accuracy)} ({_pct(s.rm_accuracy_shared)})",
+                Text(_pct(s.win_rate), style=_win_style(s.win_rate)),
+                s.decision[:48], _labelers(s))
+        events = Text("\n".join(self._events) or "waiting for the first events", style="dim")
+        return Group(table, Panel(events, title="events", title_align="left"))
