@@ -29,7 +29,9 @@ from services.client import AssistantClient
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--users", type=int, default=4, help="simulated users (default 4)")
+    p.add_argument("--users", type=int, default=2,
+                   help="simulated users (default 2: concise vs detailed; 4 adds lists vs "
+                        "prose and needs a longer --duration on a small CPU host)")
     p.add_argument("--duration", type=float, default=600.0,
                    help="seconds of feedback after the stack is up (default 600)")
     p.add_argument("--model", default=".cache/models/SmolLM2-135M-Instruct",
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
     console = Console()
     users = make_users(args.users, args.noise)
     drive = DriveConfig(max_tokens=args.max_tokens, pause_s=args.pause, seed=args.seed)
-    profile = TrainerProfile(max_new_tokens=args.max_tokens)
+    profile = TrainerProfile(ppo_max_new_tokens=args.max_tokens)
     ports = StackPorts.from_base(args.port_base)
     settings = {"model": args.model, "users": args.users, "duration_s": args.duration,
                 "noise": args.noise, **asdict(drive), **asdict(profile)}

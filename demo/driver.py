@@ -30,13 +30,13 @@ log = logging.getLogger("personalize.demo")
 
 @dataclass(frozen=True)
 class DriveConfig:
-    max_tokens: int = 64
-    """Answer length limit of every request."""
+    max_tokens: int = 48
+    """Answer length limit of every request (and of the trainer's samples)."""
     temperature: float = 1.0
     """Sampling temperature of the answers users rate."""
     thumbs_fraction: float = 0.3
     """Share of events that are a thumbs on one answer (the rest rank 2-4 candidates)."""
-    pause_s: float = 3.0
+    pause_s: float = 4.0
     """Pause of each user between two feedback events."""
     eval_samples: int = 2
     """Seeded samples per held-out prompt when measuring a win rate."""
@@ -164,8 +164,9 @@ class Simulation:
 
     def _refresh(self, state: UserState) -> None:
         status = self._client.status(state.user.user_id)
-        state.rm_accuracy = status.reward_model_accuracy
-        state.rm_accuracy_shared = status.reward_model_shared_accuracy
+        if status.preference_pairs:  # the accuracies are measured on held-out pairs
+            state.rm_accuracy = status.reward_model_accuracy
+            state.rm_accuracy_shared = status.reward_model_shared_accuracy
         state.decision = status.last_publish_decision
         state.labelers = [(s.labeler_id, s.agreement, s.flagged) for s in status.labelers]
         if status.adapter_version and status.adapter_version != state.version:

@@ -43,14 +43,14 @@ class LiveView:
     def __rich__(self) -> Group:
         table = Table(title=f"personalize demo: {self._sim.elapsed():.0f}s of "
                             f"{self._duration:.0f}s", expand=True)
-        for col, justify in (("user", "left"), ("hidden preference", "left"),
+        for col, justify in (("user", "left"), ("prefers", "left"),
                              ("feedback", "right"), ("adapter", "center"),
                              ("RM acc (shared)", "right"), ("win rate vs base", "right"),
                              ("last decision", "left"), ("labelers (agreement)", "left")):
             table.add_column(col, justify=justify)  # type: ignore[arg-type]
         for s in self._sim.states.values():
             table.add_row(
-                s.user.user_id, s.user.preference.description, str(s.feedback),
+                s.user.user_id, s.user.preference.name, str(s.feedback),
                 s.version or "base",
                 f"{_pct(s.rm_accuracy)} ({_pct(s.rm_accuracy_shared)})",
                 Text(_pct(s.win_rate), style=_win_style(s.win_rate)),
