@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 
 from services.validation import version_number
 
+_LORA_IDS = itertools.count(1)
+"""Engine ids unique in the process: registries that share one engine (replicas
+in one process, a restarted server) never reuse an id, which would make the
+engine serve the adapter already cached under it."""
+
 
 @dataclass
 class AdapterSlot:
@@ -36,7 +41,7 @@ class AdapterRegistry:
 
     current: dict[str, AdapterSlot] = field(default_factory=dict)
     retiring: dict[int, AdapterSlot] = field(default_factory=dict)
-    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    _ids: itertools.count = field(default_factory=lambda: _LORA_IDS)
 
     def is_newer(self, user_id: str, version: str) -> bool:
         slot = self.current.get(user_id)
@@ -84,3 +89,51 @@ class AdapterRegistry:
     @property
     def active(self) -> int:
         return len(self.current) + len(self.retiring)
+
+
+@dataclass
+class LoraCacheModel:
+    """The server's model of vLLM's LRU cache of loaded adapters (pure).
+
+    vLLM keeps up to ``max_cpu_loras`` adapters loaded; a request whose adapter
+    is not among them makes the engine read it from the store again, evicting
+    the least recently used one. The model follows the same rules from what the
+    server does: ``load`` (add_lora), ``remove`` (remove_lora), and each request
+    between ``acquire`` and ``release``. A request in flight keeps its adapter
+    in use (vLLM touches it every step), so the model evicts the least recently
+    used adapter that no request holds. It matches the engine while requests do
+    not race for the last free place (checked against vLLM's list_loras in
+    tests/services/test_hot_swap.py).
+    """
+
+    capacity: int
+    _lru: dict[int, int] = field(default_factory=dict)
+    """Adapter id -> requests holding it, least recently used first."""
+
+    def load(self, lora_int_id: int) -> None:
+        """An adapter was loaded (or touched) outside of a request."""
+        self._touch(lora_int_id, self._lru.pop(lora_int_id, 0))
+
+    def remove(self, lora_int_id: int) -> None:
+        self._lru.pop(lora_int_id, None)
+
+    def acquire(self, lora_int_id: int) -> bool:
+        """One request starts on the adapter; True if it was loaded (a hit)."""
+        hit = lora_int_id in self._lru
+        self._touch(lora_int_id, self._lru.pop(lora_int_id, 0) + 1)
+        return hit
+
+    def release(self, lora_int_id: int) -> None:
+        """One request on the adapter ended (its last use, so it is touched)."""
+        if lora_int_id in self._lru:
+            self._touch(lora_int_id, max(0, self._lru.pop(lora_int_id) - 1))
+
+    @property
+    def resident(self) -> set[int]:
+        return set(self._lru)
+
+    def _touch(self, lora_int_id: int, holders: int) -> None:
+        while self._lru and len(self._lru) >= self.capacity:
+            idle = [i for i, n in self._lru.items() if n == 0]
+            del self._lru[idle[0] if idle else next(iter(self._lru))]
+        self._lru[lora_int_id] = holders

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.adapters import AdapterSlot
+from services.adapters import AdapterSlot, LoraCacheModel
 from services.config import EngineConfig
 from services.validation import Message
 
@@ -47,9 +48,20 @@ class Engine(Protocol):
 
     async def abort(self, request_ids: Sequence[str]) -> None: ...
 
+    @property
+    def dead(self) -> bool:
+        """True once the engine failed for good (e.g. its worker process was killed)."""
+        ...
+
     async def load_adapter(self, slot: AdapterSlot) -> None: ...
 
     async def unload_adapter(self, slot: AdapterSlot) -> None: ...
+
+    def hold_adapter(self, slot: AdapterSlot) -> AbstractContextManager[bool]:
+        """Hold ``slot`` for one request's engine work; yields True if the
+        version was loaded in the engine already (a LoRA cache hit), False if
+        the engine reads it from the store first (a miss)."""
+        ...
 
 
 class VllmEngine:
@@ -71,6 +83,7 @@ class VllmEngine:
         self._tokenizer = self._llm.get_tokenizer()
         self.model_id = cfg.served_model_id
         self.max_model_len = cfg.max_model_len
+        self._lora_cache = LoraCacheModel(cfg.max_cpu_loras)
         self.startup_seconds = time.perf_counter() - start
         log.info("vLLM engine for %s ready in %.1fs", cfg.model, self.startup_seconds)
 
@@ -105,13 +118,27 @@ class VllmEngine:
         if request_ids:
             await self._llm.abort(list(request_ids))
 
+    @property
+    def dead(self) -> bool:
+        return bool(self._llm.errored)
+
     async def load_adapter(self, slot: AdapterSlot) -> None:
         from vllm.lora.request import LoRARequest
 
         await self._llm.add_lora(LoRARequest(slot.lora_name, slot.lora_int_id, slot.path))
+        self._lora_cache.load(slot.lora_int_id)
 
     async def unload_adapter(self, slot: AdapterSlot) -> None:
+        self._lora_cache.remove(slot.lora_int_id)
         await self._llm.remove_lora(slot.lora_int_id)
+
+    @contextmanager
+    def hold_adapter(self, slot: AdapterSlot) -> Iterator[bool]:
+        hit = self._lora_cache.acquire(slot.lora_int_id)
+        try:
+            yield hit
+        finally:
+            self._lora_cache.release(slot.lora_int_id)
 
     def shutdown(self) -> None:
         """Stop the engine processes; idempotent."""

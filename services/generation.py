@@ -85,13 +85,23 @@ class GenerationService:
         try:
             adapter = (contextlib.nullcontext(None) if params.base_model
                        else self._adapters.use(params.user_id))
-            async with adapter as slot:
+            async with adapter as slot, self._lora_cache(slot):
                 call = _Call(params, prompt_ids, uuid.uuid4().hex, slot, time.perf_counter())
                 async for chunk in self._merge(call):
                     yield chunk
         finally:
             self._running -= 1
             self._metrics.running.set(self._running)
+
+    @contextlib.asynccontextmanager
+    async def _lora_cache(self, slot: AdapterSlot | None) -> AsyncIterator[None]:
+        """Hold the call's adapter in the engine; count a LoRA cache hit or miss."""
+        if slot is None:
+            yield
+            return
+        with self._engine.hold_adapter(slot) as hit:
+            self._metrics.lora_cache.labels("hit" if hit else "miss").inc()
+            yield
 
     async def _merge(self, call: _Call) -> AsyncIterator[Chunk]:
         """Run every candidate concurrently; yield their pieces as they come."""
@@ -132,17 +142,19 @@ class GenerationService:
         reason = ""
         last = time.perf_counter()
         try:
-            async for delta in self._engine.stream(request_id, call.prompt_ids, sampling,
-                                                   call.slot):
-                now = time.perf_counter()
-                if tokens and delta.token_ids:
-                    self._metrics.inter_token.observe((now - last) / len(delta.token_ids))
-                last = now
-                texts.append(delta.text)
-                tokens.extend(delta.token_ids)
-                reason = delta.finish_reason or reason
-                if delta.text:
-                    await queue.put(Chunk(response_id, index, delta.text, False, version))
+            with self._metrics.engine_request() as first_output:
+                async for delta in self._engine.stream(request_id, call.prompt_ids, sampling,
+                                                       call.slot):
+                    first_output()
+                    now = time.perf_counter()
+                    if tokens and delta.token_ids:
+                        self._metrics.inter_token.observe((now - last) / len(delta.token_ids))
+                    last = now
+                    texts.append(delta.text)
+                    tokens.extend(delta.token_ids)
+                    reason = delta.finish_reason or reason
+                    if delta.text:
+                        await queue.put(Chunk(response_id, index, delta.text, False, version))
             self._metrics.tokens.labels("personal" if call.slot else "base").inc(len(tokens))
             record = GenerationRecord(
                 response_id=response_id, group_id=call.group_id, user_id=p.user_id,

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _TOKEN = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+ADAPTER_REFUSAL_REASONS = ("unreadable", "mismatch", "wrong_base", "checksum", "rank", "targets",
+                           "non_finite", "load_failed")
+"""AdapterRejected reasons of store.py, and the engine refusing the weights."""
 
 
 class ServerMetrics:
-    """All server metrics, on their own registry (tests build several servers)."""
+    """All server metrics, on their own registry (tests build several servers).
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    Labelled series whose values are known up front (the topics written, the
+    refusal reasons, ...) exist from the start at 0: dashboards show them, and
+    ``increase()`` in an alert sees the first event of a new label value.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None,
+                 generations_topic: str = "generations", feedback_topic: str = "feedback"
+                 ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         p = "personalize_server_"
@@ -29,6 +42,14 @@ class ServerMetrics:
         self.tokens = Counter(p + "generated_tokens", "Completion tokens generated.",
                               ["adapter"], registry=r)
         self.running = Gauge(p + "running_streams", "Generate calls in flight.", registry=r)
+        self.engine_requests = Gauge(
+            p + "engine_requests", "Engine requests (one per candidate) submitted and not "
+            "finished: waiting = no output yet, running = streaming tokens.", ["state"],
+            registry=r)
+        self.lora_cache = Counter(
+            p + "lora_cache_requests", "Generate calls on a personal adapter, by whether the "
+            "version was loaded in the engine (hit) or had to be read from the store (miss).",
+            ["result"], registry=r)
         self.active_adapters = Gauge(p + "active_adapters",
                                      "Adapter versions routed to or still in use.", registry=r)
         self.adapter_loads = Counter(p + "adapter_loads",
@@ -47,6 +68,35 @@ class ServerMetrics:
         self.produce_errors = Counter(p + "kafka_produce_errors",
                                       "Records the broker did not acknowledge, by topic.",
                                       ["topic"], registry=r)
+        for topic in (generations_topic, feedback_topic):
+            self.produce_errors.labels(topic)
+        for reason in ADAPTER_REFUSAL_REASONS:
+            self.adapter_refusals.labels(reason)
+        for metric, values in ((self.engine_requests, ("waiting", "running")),
+                               (self.lora_cache, ("hit", "miss")),
+                               (self.adapter_loads, ("ok", "refused")),
+                               (self.tokens, ("base", "personal"))):
+            for value in values:
+                metric.labels(value)
+
+    @contextmanager
+    def engine_request(self) -> Iterator[Callable[[], None]]:
+        """Count one engine request as waiting until the callable it yields is
+        called (its first output), then as running, until the block ends."""
+        state = "waiting"
+        self.engine_requests.labels(state).inc()
+
+        def first_output() -> None:
+            nonlocal state
+            if state == "waiting":
+                self.engine_requests.labels("waiting").dec()
+                self.engine_requests.labels("running").inc()
+                state = "running"
+
+        try:
+            yield first_output
+        finally:
+            self.engine_requests.labels(state).dec()
 
     def observe_produce(self, topic: str, seconds: float, ok: bool) -> None:
         self.produce_seconds.labels(topic).observe(seconds)

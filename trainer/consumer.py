@@ -118,9 +118,10 @@ class Ingest(threading.Thread):
         batch = [Consumed(tp.topic, tp.partition, r.offset, r.key, r.value)
                  for tp, records in polled.items() for r in records]
         if batch:
-            self._journal.apply(batch, self._dead_letter)
+            joined = self._journal.apply(batch, self._dead_letter)
             self._consumer.commit()  # only after the journal holds the batch durably
             self._metrics.consumed.inc(len(batch))
+            self._metrics.joined.inc(joined)
         expired = self._journal.expire_pending(self._cfg.join_timeout_s)
         for user, body in expired:
             self._send_dlq(self._cfg.kafka.feedback_topic, DeadLetterRecord(

@@ -18,7 +18,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.errors import InvalidArgument
 from services.records import FeedbackRecord, GenerationRecord, Record, RecordError
+from services.validation import validate_user_id
 from trainer.preferences import FeedbackEvent
 
 _SCHEMA = """
@@ -35,6 +37,7 @@ CREATE TABLE IF NOT EXISTS positions (
   PRIMARY KEY (topic, partition));
 CREATE TABLE IF NOT EXISTS trained (user_id TEXT PRIMARY KEY, through_seq INTEGER NOT NULL,
   at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY) WITHOUT ROWID;
 """
 
 
@@ -71,6 +74,10 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        if (not self._db.execute("SELECT 1 FROM users LIMIT 1").fetchone()
+                and self._db.execute("SELECT 1 FROM feedback LIMIT 1").fetchone()):
+            # a journal written before the users table: fill it once
+            self._db.execute("INSERT OR IGNORE INTO users SELECT DISTINCT user_id FROM feedback")
         self._gen_topic, self._fb_topic = generations_topic, feedback_topic
 
     def close(self) -> None:
@@ -78,8 +85,9 @@ class Journal:
 
     # -- ingest ------------------------------------------------------------------------
     def apply(self, batch: Sequence[Consumed],
-              dead_letter: Callable[[list[DeadLetter]], None] = lambda _: None) -> None:
-        """Durably add a polled batch and advance its partitions' positions.
+              dead_letter: Callable[[list[DeadLetter]], None] = lambda _: None) -> int:
+        """Durably add a polled batch and advance its partitions' positions;
+        returns how many feedback events it joined with their generations.
 
         Each record is parsed once. Unparseable ones are handed to
         ``dead_letter`` BEFORE the transaction (the caller writes them to the
@@ -104,15 +112,17 @@ class Journal:
                                 " body, state, received_at) VALUES (?, ?, ?, ?, 'pending', ?)",
                                 (record.user_id, record.feedback_id, r.partition,
                                  r.value.decode(), now))
+                    cur.execute("INSERT OR IGNORE INTO users VALUES (?)", (record.user_id,))
                 cur.execute(
                     "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT (topic, partition) "
                     "DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)",
                     (r.topic, r.partition, r.offset + 1))
-            self._join_pending(cur)
+            joined = self._join_pending(cur)
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
+        return joined
 
     def _parse(self, batch: Iterable[Consumed]
                ) -> tuple[dict[tuple[str, int, int], Record], list[DeadLetter]]:
@@ -128,7 +138,8 @@ class Journal:
                 else:
                     dead.append(DeadLetter(r, f"unexpected topic {r.topic}"))
                     continue
-            except (RecordError, ValueError, TypeError) as exc:
+                _check_ids(record)  # user ids reach the adapter store's paths
+            except (RecordError, ValueError, TypeError, InvalidArgument) as exc:
                 dead.append(DeadLetter(r, f"unparseable: {exc}"))
                 continue
             parsed[(r.topic, r.partition, r.offset)] = record
@@ -140,7 +151,8 @@ class Journal:
         return cur.execute(f"SELECT {columns} FROM generations WHERE response_id IN ({marks})",
                            list(response_ids)).fetchall()
 
-    def _join_pending(self, cur: sqlite3.Cursor) -> None:
+    def _join_pending(self, cur: sqlite3.Cursor) -> int:
+        joined = 0
         rows = cur.execute("SELECT seq, body FROM feedback WHERE state = 'pending'").fetchall()
         for seq, body in rows:
             record = FeedbackRecord.from_json(body.encode())
@@ -150,6 +162,8 @@ class Journal:
             ok = all(u == record.user_id and g == record.group_id for u, g in found)
             cur.execute("UPDATE feedback SET state = ? WHERE seq = ?",
                         ("joined" if ok else "dead:mismatch", seq))
+            joined += ok
+        return joined
 
     def expire_pending(self, older_than_s: float) -> list[tuple[str, str]]:
         """Feedback whose generations never arrived: mark dead, return (user, body)."""
@@ -202,6 +216,10 @@ class Journal:
             query, args = query + " AND user_id = ?", (user_id,)
         return [r[0] for r in self._db.execute(query + " ORDER BY seq", args)]
 
+    def user_count(self) -> int:
+        """Users with any feedback in the journal (a count of the small users table)."""
+        return self._db.execute("SELECT COUNT(*) FROM users").fetchone()[0]
+
     def counts(self) -> dict[str, int]:
         rows = self._db.execute("SELECT state, COUNT(*) FROM feedback GROUP BY state")
         out = {state: n for state, n in rows}
@@ -214,6 +232,15 @@ def _to_event(record: FeedbackRecord) -> FeedbackEvent:
         feedback_id=record.feedback_id, user_id=record.user_id, labeler_id=record.labeler_id,
         group_id=record.group_id, kind=record.kind,  # type: ignore[arg-type]
         response_ids=tuple(record.response_ids), up=record.up, created_at=record.created_at)
+
+
+def _check_ids(record: Record) -> None:
+    validate_user_id(getattr(record, "user_id", ""))
+    if isinstance(record, FeedbackRecord):
+        if record.labeler_id:
+            validate_user_id(record.labeler_id, "labeler_id")
+        if not all(isinstance(rid, str) for rid in record.response_ids):
+            raise TypeError("response_ids must be strings")
 
 
 def dead_letter_body(d: DeadLetter) -> dict[str, object]:

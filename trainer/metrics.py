@@ -6,14 +6,24 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _SECONDS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 _UNIT = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+REFUSAL_REASONS = ("no_step", "no_gain", "kl_bound")
+"""Why the publish gate kept the served adapter (learner.py)."""
 
 
 class TrainerMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    """All trainer metrics. Labelled series whose values are known up front
+    (dead letters of the consumed topics, refusal reasons, reward-model parts)
+    exist from the start at 0, as in ServerMetrics."""
+
+    def __init__(self, registry: CollectorRegistry | None = None,
+                 generations_topic: str = "generations", feedback_topic: str = "feedback"
+                 ) -> None:
         self.registry = registry or CollectorRegistry()
         r, p = self.registry, "personalize_trainer_"
         self.consumed = Counter(p + "records_consumed", "Records journaled from Kafka.",
                                 registry=r)
+        self.joined = Counter(p + "feedback_joined", "Feedback events joined with the "
+                              "generation records they rate (training data).", registry=r)
         self.dead_lettered = Counter(p + "dead_lettered", "Records sent to a dead-letter topic.",
                                      ["topic", "reason"], registry=r)
         self.lag = Gauge(p + "consumer_lag", "Records behind the end, per partition.",
@@ -40,8 +50,15 @@ class TrainerMetrics:
         self.feedback_to_publish = Histogram(p + "feedback_to_publish_seconds",
                                              "Oldest new feedback of a turn to its publish.",
                                              buckets=_SECONDS, registry=r)
-        self.users_tracked = Gauge(p + "users_tracked", "Users with feedback in the journal.",
-                                   registry=r)
+        self.users_tracked = Gauge(p + "users_tracked", "Users with feedback in the journal "
+                                   "(any state).", registry=r)
         self.adapters_in_memory = Gauge(p + "adapters_in_memory",
                                         "User adapters resident in the policy model.",
                                         registry=r)
+        for topic, reason in ((generations_topic, "unparseable"),
+                              (feedback_topic, "unparseable"), (feedback_topic, "unjoinable")):
+            self.dead_lettered.labels(topic, reason)
+        for reason in REFUSAL_REASONS:
+            self.refused.labels(reason)
+        for part in ("shared", "user"):
+            self.rm_loss.labels(part)

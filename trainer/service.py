@@ -40,9 +40,10 @@ def journal_path(cfg: TrainerConfig) -> Path:
 class TrainerService:
     def __init__(self, cfg: TrainerConfig) -> None:
         self.cfg = cfg
-        self.metrics = TrainerMetrics()
-        self.store = AdapterStore(cfg.adapter_store)
         k = cfg.kafka
+        self.metrics = TrainerMetrics(generations_topic=k.generations_topic,
+                                      feedback_topic=k.feedback_topic)
+        self.store = AdapterStore(cfg.adapter_store)
         self.ingest = Ingest(cfg, Journal(journal_path(cfg), k.generations_topic,
                                           k.feedback_topic), self.metrics)
         self.journal = Journal(journal_path(cfg), k.generations_topic, k.feedback_topic)
@@ -76,7 +77,7 @@ class TrainerService:
     def step(self) -> bool:
         """Run one due user's turn; False when nobody is due."""
         pending = self.journal.pending_users(self.ingest.assigned)
-        self.metrics.users_tracked.set(len(pending))
+        self.metrics.users_tracked.set(self.journal.user_count())
         user = pick_next(pending, self._last_trained, self.cfg.schedule)
         if user is None:
             return False

@@ -1,9 +1,10 @@
 """Writes deploy/grafana/dashboards/personalize.json, the Grafana dashboard of the stack.
 
 Edit the panels here, then run ``python deploy/grafana/make_dashboard.py``;
-tests/deploy/test_deploy.py fails when the JSON and this script disagree, when a
+tests/deploy/test_grafana.py fails when the JSON and this script disagree, when a
 query names a metric that services/metrics.py or trainer/metrics.py does not
-define, or when a defined metric has no panel.
+define, or when a defined metric has no panel; tests/deploy/test_live_prometheus.py
+runs every query on a real Prometheus scraping a live server and trainer.
 
 Plain standard library on purpose: it runs anywhere, without the project installed.
 """
@@ -59,6 +60,12 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[dict]]]]] = [
          "adapters.", rate(S + "generated_tokens", "adapter")),
         ("Running streams", "short", "Generate calls in flight (max_concurrent_streams "
          "per replica).", gauge(S + "running_streams", "instance")),
+        ("Engine queue", "short", "Engine requests (one per candidate), all replicas: "
+         "waiting = submitted without output yet, running = streaming tokens.",
+         gauge(S + "engine_requests", "state")),
+        ("LoRA cache", "reqps", "Generate calls on a personal adapter: hit = the version "
+         "was loaded in the engine, miss = read from the store first (more users than "
+         "ENGINE_MAX_CPU_LORAS).", rate(S + "lora_cache_requests", "result")),
         ("Active adapters", "short", "Adapter versions routed to or still in use, per "
          "replica.", gauge(S + "active_adapters", "instance")),
         ("Adapter loads", "ops", "New adapter versions loaded, by result.",
@@ -73,6 +80,8 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[dict]]]]] = [
          "accepted and the error when rejected.", rate(S + "feedback", "result, reason")),
         ("Preference pairs built", "ops", "Pairs the trainer derived from rankings and "
          "thumbs.", rate(T + "preference_pairs_built")),
+        ("Feedback joined", "ops", "Feedback events joined with the generations they "
+         "rate (training data), all trainers.", rate(T + "feedback_joined")),
         ("Users with feedback", "short", "Users with feedback in the trainers' journals.",
          gauge(T + "users_tracked", "instance")),
         ("Feedback to publish", "s", "Oldest new feedback of a turn to its adapter's "

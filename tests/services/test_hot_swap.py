@@ -124,7 +124,7 @@ def test_bad_adapter_is_refused_and_last_good_kept(stub, server, store, broker, 
 
 
 def test_more_users_than_cached_adapters(stub, server, store, broker, engine_config,  # type: ignore[no-untyped-def]
-                                         tiny_model_dir: Path, tmp_path: Path) -> None:
+                                         loop_thread, tiny_model_dir: Path, tmp_path: Path) -> None:
     n = engine_config.max_cpu_loras + 2
     users = [f"lru{i}-{uuid.uuid4().hex[:5]}" for i in range(n)]
     for i, user in enumerate(users):
@@ -132,6 +132,14 @@ def test_more_users_than_cached_adapters(stub, server, store, broker, engine_con
         publish(store, broker.bootstrap, "adapter-updates", user, adapter, server.engine.model_id)
     first = {u: wait_for_version(stub, u, "v1").texts[0] for u in users}
     assert len(set(first.values())) == n, "each user's adapter gives its own output"
+    cache = server.metrics.lora_cache
+    before = {r: cache.labels(r)._value.get() for r in ("hit", "miss")}
     for user in reversed(users):  # evicted adapters are reloaded with the right weights
         out = greedy(stub, user)
         assert out.finished[0].adapter_version == "v1" and out.texts[0] == first[user]
+        # the server's model of vLLM's LRU adapter cache is what vLLM holds
+        engine = server.engine
+        assert engine._lora_cache.resident == set(loop_thread.run(engine._llm.list_loras()))
+    # the last max_cpu_loras users served stayed loaded; the two before them were evicted
+    after = {r: cache.labels(r)._value.get() for r in ("hit", "miss")}
+    assert (after["hit"] - before["hit"], after["miss"] - before["miss"]) == (n - 2, 2)

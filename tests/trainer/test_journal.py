@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -35,12 +36,12 @@ class Feed:
 def test_join_dedupe_and_positions(tmp_path: Path) -> None:
     j, feed = Journal(tmp_path / "j.db", G, F), Feed()
     # feedback may be read before its generations: it waits, then joins
-    j.apply([feed(F, fb("f1", ["a", "b"]))])
+    assert j.apply([feed(F, fb("f1", ["a", "b"]))]) == 0, "nothing joined yet"
     assert j.feedback_ids() == [] and j.counts()["pending"] == 1
-    j.apply([feed(G, gen("a")), feed(G, gen("b"))])
+    assert j.apply([feed(G, gen("a")), feed(G, gen("b"))]) == 1
     assert j.feedback_ids() == ["f1"]
     # a retried feedback id and a re-delivered batch are used once
-    j.apply([feed(F, fb("f1", ["a", "b"])), feed(F, fb("f2", ["b", "a"]))])
+    assert j.apply([feed(F, fb("f1", ["a", "b"])), feed(F, fb("f2", ["b", "a"]))]) == 1
     assert j.feedback_ids("alice") == ["f1", "f2"]
     assert j.positions() == {(F, 0): 3, (G, 0): 2}
     [first, second] = j.joined("alice")
@@ -57,9 +58,9 @@ def test_bad_records_and_mismatch_and_expiry(tmp_path: Path) -> None:
     batch = [feed(F, b"{not json"), feed(G, gen("x", user="bob", group="g9")),
              feed(F, fb("f3", ["x", "y"], group="g9")), feed(F, fb("f4", ["zz", "yy"]))]
     errors: list = []
-    j.apply(batch, errors.extend)
+    assert j.apply(batch, errors.extend) == 0
     assert [e.record.offset for e in errors] == [0] and "unparseable" in errors[0].reason
-    j.apply([feed(G, gen("y", user="alice", group="g9"))])
+    assert j.apply([feed(G, gen("y", user="alice", group="g9"))]) == 0, "mismatch: not joined"
     counts = j.counts()
     assert counts["dead:mismatch"] == 1, "alice cannot rate bob's response"
     assert j.positions()[(F, 0)] == 3, "the unparseable record is consumed past"
@@ -78,3 +79,21 @@ def test_pending_users_and_mark_trained(tmp_path: Path) -> None:
     assert j.pending_users() == {}
     j.apply([feed(F, fb("f5", ["a", "b"]), partition=2)])
     assert j.pending_users()["alice"][0] == 1
+
+
+def test_user_count_is_every_user_with_feedback(tmp_path: Path) -> None:
+    j, feed = Journal(tmp_path / "j.db", G, F), Feed()
+    assert j.user_count() == 0
+    joined = j.apply([feed(G, gen("a")), feed(G, gen("b")), feed(F, fb("f1", ["a", "b"])),
+                      feed(F, fb("f2", ["a", "b"], user="bob")),  # bob rates alice's: dead
+                      feed(F, fb("f3", ["y", "z"], user="carol")),  # pending
+                      feed(G, gen("q", user="dave"))])  # generations only: no feedback
+    assert joined == 1 and j.user_count() == 3
+    j.mark_trained("alice", j.joined("alice")[-1].seq)
+    j.apply([feed(F, fb("f1", ["a", "b"])), feed(F, fb("f4", ["b", "a"]))])  # a retry, one more
+    assert j.user_count() == 3, "trained users and repeat feedback still count once"
+    # a journal written before the users table existed is counted on open
+    j.close()
+    with sqlite3.connect(tmp_path / "j.db") as db:
+        db.execute("DROP TABLE users")
+    assert Journal(tmp_path / "j.db", G, F).user_count() == 3

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from personalize.v1 import assistant_pb2 as pb
 from tests.services.helpers import generate
-from tests.support.trainer_proc import start_trainer
+from tests.support.trainer_proc import ALWAYS_PUBLISH, start_trainer
 
 PROMPTS = ["tell me about the sea", "name a fruit", "how are you", "say something short"]
 
@@ -22,11 +22,7 @@ def test_feedback_to_served_adapter(stub, server, broker, tiny_model_dir: Path, 
     trainer = start_trainer(
         broker.bootstrap, tmp_path / "state", adapter_store_dir, f"loop-{uuid.uuid4().hex[:6]}",
         tmp_path / "trainer.log", policy_model=str(tiny_model_dir),
-        policy_model_id=server.engine.model_id, schedule_min_new_feedback="4",
-        schedule_ppo_steps_per_turn="2", ppo_batch_size="4", ppo_mini_batch_size="2",
-        ppo_max_new_tokens="8", ppo_lr="0.001", reward_user_min_examples="4",
-        publish_eval_prompts="2", publish_eval_samples="1",
-        publish_min_improvement="-1000000", publish_kl_bound="1000000")
+        policy_model_id=server.engine.model_id, **ALWAYS_PUBLISH)
     try:
         start = time.monotonic()
         for prompt in PROMPTS:

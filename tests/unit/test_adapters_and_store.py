@@ -1,14 +1,18 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from services.adapters import AdapterRegistry
+from services import store as store_module
+from services.adapters import AdapterRegistry, LoraCacheModel
 from services.config import KafkaConfig, ServerConfig, from_mapping
+from services.metrics import ADAPTER_REFUSAL_REASONS
 from services.records import FeedbackRecord, GenerationRecord, RecordError
 from services.store import AdapterRejected, AdapterStore
 
@@ -29,6 +33,55 @@ def test_registry_keeps_old_version_until_its_requests_finish() -> None:
     v3 = reg.new_slot("alice", "v3", "/p3")
     assert reg.install(v3) is v2, "an unused old version is removed at once"
     assert reg.version_of("alice") == "v3" and reg.version_of("bob") == ""
+
+
+def test_lora_cache_model_is_lru_for_one_request_at_a_time() -> None:
+    """Against vLLM's rule as a plain list: a use of a missing adapter loads it,
+    evicting the least recently used one when ``capacity`` are loaded."""
+    rng = random.Random(0)
+    cache, reference = LoraCacheModel(capacity=3), []
+    hits = 0
+    for _ in range(500):
+        lora_id = rng.randint(1, 6)
+        expected = lora_id in reference
+        if expected:
+            reference.remove(lora_id)
+        elif len(reference) == 3:
+            reference.pop(0)
+        reference.append(lora_id)
+        if rng.random() < 0.2:  # add_lora of a new version
+            cache.load(lora_id)
+            continue
+        assert cache.acquire(lora_id) is expected
+        cache.release(lora_id)
+        assert cache.resident == set(reference)
+        hits += expected
+    assert 50 < hits < 350, "both hits and misses were exercised"
+
+
+def test_lora_cache_model_keeps_adapters_in_use_and_forgets_removed_ones() -> None:
+    cache = LoraCacheModel(capacity=2)
+    assert cache.acquire(1) is False, "never loaded: a miss"
+    cache.load(2)
+    cache.load(3)  # vLLM touches 1 every step while its request runs: 2 goes
+    assert cache.resident == {1, 3}
+    assert cache.acquire(1) is True
+    cache.release(1)
+    cache.release(1)
+    cache.load(4)  # 1 was used after 3 was loaded: 3 goes
+    assert cache.resident == {1, 4}
+    cache.remove(4)
+    assert cache.acquire(4) is False and cache.resident == {1, 4}
+    cache.release(4)
+    cache.release(7)  # not loaded: ignored
+    assert cache.resident == {1, 4}
+
+
+def test_refusal_reasons_are_pre_initialised() -> None:
+    """Every AdapterRejected reason of store.py has a series from the start."""
+    source = Path(store_module.__file__).read_text()
+    reasons = set(re.findall(r'AdapterRejected\("(\w+)"', source))
+    assert reasons and reasons | {"load_failed"} == set(ADAPTER_REFUSAL_REASONS)
 
 
 def _adapter(dir_: Path, rank: int = 8, value: float = 0.1) -> Path:
