@@ -3,12 +3,16 @@
     personalize chat --user alice                  # stream, then thumbs up/down
     personalize chat --user alice --candidates 3   # rank 3 candidates
     personalize status --user alice
+    personalize token --user alice --ttl 86400     # a bearer token (auth on)
     personalize up                                 # the embedded stack
+
+With auth on, chat and status take --token (or PERSONALIZE_TOKEN).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -80,7 +84,7 @@ def chat(args: argparse.Namespace, read: Callable[[str], str] = input) -> int:
         print("--candidates must be 1-4", file=sys.stderr)
         return 2
     history: list[dict[str, str]] = []
-    with AssistantClient(args.server) as client:
+    with AssistantClient(args.server, token=args.token) as client:
         print(f"chatting as {args.user}; an empty line or Ctrl-D quits")
         while True:
             text = _ask("you> ", read)
@@ -98,9 +102,32 @@ def chat(args: argparse.Namespace, read: Callable[[str], str] = input) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    with AssistantClient(args.server) as client:
+    with AssistantClient(args.server, token=args.token) as client:
         print(client.status(args.user))
     return 0
+
+
+def token(args: argparse.Namespace) -> int:
+    """Print a token signed with the server's secret (PERSONALIZE_SERVER_AUTH_*)."""
+    from services import config as config_mod
+    from services.auth import Authenticator
+    from services.config import AuthConfig
+    from services.errors import InvalidArgument
+
+    cfg = config_mod.load(AuthConfig, "server_auth", args)
+    try:
+        print(Authenticator(cfg).issue(args.user, args.ttl, admin=args.admin))
+    except (ValueError, OSError, InvalidArgument) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _client_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--user", required=True)
+    p.add_argument("--server", default="127.0.0.1:50051")
+    p.add_argument("--token", default=os.environ.get("PERSONALIZE_TOKEN") or None,
+                   help="bearer token (default: $PERSONALIZE_TOKEN)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,14 +135,21 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("chat", help="chat and give feedback")
-    c.add_argument("--user", required=True)
-    c.add_argument("--server", default="127.0.0.1:50051")
+    _client_flags(c)
     c.add_argument("--candidates", type=int, default=1, help="1 = thumbs, 2-4 = ranking")
     c.add_argument("--max-tokens", type=int, default=0)
     c.add_argument("--temperature", type=float, default=None)
     s = sub.add_parser("status", help="what the service knows about a user")
-    s.add_argument("--user", required=True)
-    s.add_argument("--server", default="127.0.0.1:50051")
+    _client_flags(s)
+    t = sub.add_parser("token", help="issue a bearer token for a user",
+                       description="Sign a token with the server's secret, read from "
+                       "PERSONALIZE_SERVER_AUTH_SECRETS / _SECRETS_FILE or --secrets-file.")
+    t.add_argument("--user", required=True, help="the token's subject (a user id)")
+    t.add_argument("--ttl", type=float, default=86400.0, help="seconds it stays valid")
+    t.add_argument("--admin", action="store_true",
+                   help="operator token: may act for any user")
+    t.add_argument("--secrets-file", dest="cfg__secrets_file", default=None,
+                   help="file holding the secrets (first signs)")
     sub.add_parser("up", help="run the embedded stack (same as personalize-stack)",
                    add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -125,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         return stack_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "token":
+        return token(args)
     try:
         return chat(args) if args.command == "chat" else status(args)
     except grpc.RpcError as exc:

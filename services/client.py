@@ -8,7 +8,8 @@
         client.rank("alice", [c.response_id for c in candidates])
 
 Feedback calls carry a client-made feedback_id, so retries after UNAVAILABLE
-never count twice.
+never count twice. With auth on, pass the user's bearer token:
+``AssistantClient(target, token=...)`` (``personalize token --user alice``).
 """
 
 from __future__ import annotations

@@ -69,6 +69,10 @@ class EngineConfig:
     """Context length (prompt + completion)."""
     max_lora_rank: int = 8
     """Largest LoRA rank accepted."""
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj",
+                                            "gate_proj", "up_proj", "down_proj")
+    """Modules an adapter may adapt; an adapter naming others is refused
+    (empty: any)."""
     max_loras: int = 8
     """Adapters active in one batch."""
     max_cpu_loras: int = 32
@@ -109,6 +113,25 @@ class GenerationLimits:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """Per-user bearer tokens (HS256-signed JWTs) on every Assistant call."""
+
+    secrets: str = ""
+    """Comma-separated signing secrets, each at least 32 characters; the first
+    signs new tokens, all verify (rotation). Empty, with no secrets_file: auth
+    is OFF and anyone who reaches the port may act as any user (local default)."""
+    secrets_file: str = ""
+    """File holding the secrets (comma- or newline-separated), read at start-up;
+    keeps them out of the environment and the process list."""
+    issuer: str = "personalize"
+    """The tokens' ``iss`` claim (issued and required)."""
+    audience: str = "personalize.v1.Assistant"
+    """The tokens' ``aud`` claim (issued and required)."""
+    leeway_s: float = 30.0
+    """Clock skew tolerated on ``exp`` and ``iat``."""
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """The gRPC inference server."""
 
@@ -128,6 +151,9 @@ class ServerConfig:
     <adapter_store>/.response-key, so replicas sharing the store agree."""
     max_concurrent_streams: int = 256
     """Generate calls in flight before RESOURCE_EXHAUSTED."""
+    max_concurrent_rpcs: int = 1024
+    """Calls of any kind the gRPC server holds at once (running or queued)
+    before it answers RESOURCE_EXHAUSTED."""
     drain_timeout_s: float = 30.0
     """Grace period for in-flight streams at shutdown."""
     store_rescan_s: float = 30.0
@@ -136,6 +162,7 @@ class ServerConfig:
     limits: GenerationLimits = field(default_factory=GenerationLimits)
     engine: EngineConfig = field(default_factory=EngineConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
 
 def _field_type(cls: type, name: str) -> tuple[Any, bool]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from services.errors import DomainError
+from services.errors import DomainError, InvalidArgument
 from services.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -17,6 +17,33 @@ log = logging.getLogger(__name__)
 
 def _code(exc: DomainError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, exc.code_name)
+
+
+class _Undecodable:
+    """Stands for request bytes that are not a valid message; the call then fails
+    with INVALID_ARGUMENT (gRPC itself would answer UNKNOWN with a traceback)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as exc:  # noqa: BLE001 - answered as INVALID_ARGUMENT
+            return _Undecodable(exc)
+    return parse
+
+
+def _decoded(request: Any, method: str) -> Any:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(f"the {method} request is not a valid protobuf message: "
+                              f"{str(request.error)[:200]}")
+    return request
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
@@ -37,12 +64,12 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer)
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer)
         return handler
 
@@ -66,7 +93,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
             try:
-                response = await behaviour(request, context)
+                response = await behaviour(_decoded(request, method), context)
             except Exception as exc:
                 await self._fail(context, method, exc)
                 raise  # unreachable: abort raises
@@ -78,7 +105,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             start = time.perf_counter()
             try:
-                async for response in behaviour(request, context):
+                async for response in behaviour(_decoded(request, method), context):
                     yield response
             except Exception as exc:  # noqa: BLE001 - mapped to a status below
                 await self._fail(context, method, exc)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import grpc
@@ -21,6 +22,7 @@ from prometheus_client import start_http_server
 from personalize.v1 import assistant_pb2, assistant_pb2_grpc
 from services import config as config_mod
 from services.adapter_manager import AdapterManager
+from services.auth import Authenticator
 from services.config import ServerConfig
 from services.core import AssistantCore
 from services.engine import Engine, VllmEngine
@@ -35,6 +37,12 @@ from services.store import AdapterStore
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = assistant_pb2.DESCRIPTOR.services_by_name["Assistant"].full_name
+OPEN_WARNING = (
+    "\n" + "!" * 78 + "\n"
+    "!! AUTHENTICATION IS OFF: anyone who reaches %s:%d can act as ANY user\n"
+    "!! (read their status, rate their answers, steer their adapter). Fine on a\n"
+    "!! laptop; anywhere else set PERSONALIZE_SERVER_AUTH_SECRETS (see docs/api.md).\n"
+    + "!" * 78)
 
 
 class AssistantServer:
@@ -43,12 +51,15 @@ class AssistantServer:
     def __init__(self, cfg: ServerConfig, engine: Engine | None = None) -> None:
         self.cfg = cfg
         self.engine: Engine = engine or VllmEngine(cfg.engine)
-        self.metrics = ServerMetrics()
+        self.metrics = ServerMetrics(generations_topic=cfg.kafka.generations_topic,
+                                     feedback_topic=cfg.kafka.feedback_topic)
+        self.auth = Authenticator(cfg.auth)
         self.store = AdapterStore(cfg.adapter_store)
         self.producer = DurableProducer(cfg.kafka, self.metrics.observe_produce)
         signer = ResponseSigner(load_keys(cfg.response_keys, self.store.root))
         self.adapters = AdapterManager(self.engine, self.store, self.metrics,
-                                       cfg.engine.max_lora_rank)
+                                       cfg.engine.max_lora_rank,
+                                       frozenset(cfg.engine.lora_target_modules) or None)
         replica = f"{socket.gethostname()}:{cfg.port}"
         self.core = AssistantCore(
             GenerationService(cfg, self.engine, self.adapters, self.producer, signer,
@@ -75,9 +86,10 @@ class AssistantServer:
         if self.cfg.store_rescan_s > 0:
             self._tasks.append(asyncio.create_task(self._rescan_forever()))
         # 2. gRPC with health and reflection
-        server = grpc.aio.server(interceptors=[ErrorMappingInterceptor(self.metrics)])
+        server = grpc.aio.server(interceptors=[ErrorMappingInterceptor(self.metrics)],
+                                 maximum_concurrent_rpcs=self.cfg.max_concurrent_rpcs)
         assistant_pb2_grpc.add_AssistantServicer_to_server(
-            AssistantServicer(self.core, self.cfg.limits), server)
+            AssistantServicer(self.core, self.cfg.limits, self.auth), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -93,6 +105,8 @@ class AssistantServer:
                                                    registry=self.metrics.registry)
         log.info("serving %s on %s:%d (metrics :%d)", self.engine.model_id, self.cfg.host,
                  self.port, self.cfg.metrics_port)
+        if not self.auth.enabled:
+            log.warning(OPEN_WARNING, self.cfg.host, self.port)
         return self.port
 
     async def _rescan_forever(self) -> None:
@@ -102,6 +116,15 @@ class AssistantServer:
                 await self.adapters.scan()
             except Exception:
                 log.exception("adapter store rescan failed")
+
+    async def engine_failed(self, poll_s: float = 1.0) -> None:
+        """Returns once the engine has failed for good, after turning health to
+        NOT_SERVING, so that the process can exit and be restarted."""
+        while not self.engine.dead:
+            await asyncio.sleep(poll_s)
+        log.error("the inference engine failed; reporting NOT_SERVING and exiting")
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def stop(self) -> None:
         """Stop accepting, drain in-flight streams, flush the producer."""
@@ -123,7 +146,8 @@ class AssistantServer:
             await self._server.wait_for_termination()
 
 
-async def serve(cfg: ServerConfig) -> None:
+async def serve(cfg: ServerConfig) -> int:
+    """Runs until SIGINT/SIGTERM (exit code 0) or an engine failure (1)."""
     server = AssistantServer(cfg)
     await server.start()
     stop = asyncio.Event()
@@ -131,19 +155,25 @@ async def serve(cfg: ServerConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     print(f"personalize server listening on {cfg.host}:{server.port}, "
-          f"metrics on http://{cfg.metrics_host}:{cfg.metrics_port}/metrics", flush=True)
-    await stop.wait()
+          f"metrics on http://{cfg.metrics_host}:{cfg.metrics_port}/metrics, "
+          f"auth {'on' if server.auth.enabled else 'OFF (open to anyone)'}", flush=True)
+    stopped = asyncio.create_task(stop.wait())
+    failed = asyncio.create_task(server.engine_failed())
+    await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (stopped, failed):
+        task.cancel()
     await server.stop()
     shutdown = getattr(server.engine, "shutdown", None)
     if shutdown is not None:
         shutdown()
+    return 1 if server.engine.dead else 0
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg = config_mod.parse_entry_point(ServerConfig, "server", "personalize inference server",
                                        argv)
     Path(cfg.adapter_store).mkdir(parents=True, exist_ok=True)
-    asyncio.run(serve(cfg))
+    sys.exit(asyncio.run(serve(cfg)))
 
 
 if __name__ == "__main__":

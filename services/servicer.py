@@ -8,17 +8,23 @@ import grpc
 
 from personalize.v1 import assistant_pb2 as pb
 from personalize.v1 import assistant_pb2_grpc as pb_grpc
+from services.auth import Authenticator
 from services.core import AssistantCore, UserStatusView
 from services.validation import Message, validate_feedback, validate_generate
 
 
 class AssistantServicer(pb_grpc.AssistantServicer):
-    def __init__(self, core: AssistantCore, limits) -> None:  # type: ignore[no-untyped-def]
+    """Each call is first authenticated and authorised for its user_id
+    (services/auth.py), then validated, then handed to the core."""
+
+    def __init__(self, core: AssistantCore, limits, auth: Authenticator) -> None:  # type: ignore[no-untyped-def]
         self._core = core
         self._limits = limits
+        self._auth = auth
 
     async def Generate(self, request: pb.GenerateRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
+        self._auth.check(context.invocation_metadata(), request.user_id)
         params = validate_generate(
             request.user_id,
             [Message(m.role, m.content) for m in request.messages],
@@ -38,6 +44,7 @@ class AssistantServicer(pb_grpc.AssistantServicer):
 
     async def SubmitFeedback(self, request: pb.FeedbackRequest,
                              context: grpc.aio.ServicerContext) -> pb.FeedbackAck:
+        self._auth.check(context.invocation_metadata(), request.user_id, request.labeler_id)
         kind = request.WhichOneof("kind")
         if kind == "thumbs":
             ids, up = [request.thumbs.response_id], request.thumbs.up
@@ -51,6 +58,7 @@ class AssistantServicer(pb_grpc.AssistantServicer):
 
     async def GetUserStatus(self, request: pb.UserStatusRequest,
                             context: grpc.aio.ServicerContext) -> pb.UserStatus:
+        self._auth.check(context.invocation_metadata(), request.user_id)
         return to_proto_status(self._core.user_status(request.user_id))
 
 
@@ -63,6 +71,7 @@ def to_proto_status(view: UserStatusView) -> pb.UserStatus:
         preference_pairs=int(t.get("preference_pairs", 0)),
         thumbs_labels=int(t.get("thumbs_labels", 0)),
         reward_model_accuracy=float(t.get("reward_model_accuracy", 0.0)),
+        reward_model_shared_accuracy=float(t.get("reward_model_shared_accuracy", 0.0)),
         last_reward_before=float(t.get("last_reward_before", 0.0)),
         last_reward_after=float(t.get("last_reward_after", 0.0)),
         last_kl=float(t.get("last_kl", 0.0)),

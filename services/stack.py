@@ -49,7 +49,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _wait_serving(target: str, procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+def wait_serving(target: str, procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -83,6 +83,18 @@ def _stop(procs: list[subprocess.Popen[bytes]], timeout_s: float = 40.0) -> None
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+
+
+def _auth_line(args: argparse.Namespace) -> str:
+    """The banner's auth state (the server reads the same PERSONALIZE_SERVER_AUTH_*)."""
+    chat = f"personalize chat --user alice --server {args.host}:{args.port}"
+    if os.environ.get("PERSONALIZE_SERVER_AUTH_SECRETS") or \
+            os.environ.get("PERSONALIZE_SERVER_AUTH_SECRETS_FILE"):
+        return ("\n  auth      on: bearer tokens required"
+                f'\n  try:      {chat} --token "$(personalize token --user alice)"')
+    return ("\n  auth      OFF: anyone who reaches the port can act as any user "
+            "(set PERSONALIZE_SERVER_AUTH_SECRETS)"
+            f"\n  try:      {chat}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer = not args.no_trainer and importlib.util.find_spec("trainer.service") is not None
         if trainer:
             procs.append(_spawn("trainer.service", env, state / "trainer.log"))
-        _wait_serving(f"{args.host}:{args.port}", procs, args.ready_timeout)
+        wait_serving(f"{args.host}:{args.port}", procs, args.ready_timeout)
+        auth = _auth_line(args)
         print(f"\npersonalize is up\n  gRPC      {args.host}:{args.port}"
               f"  (personalize.v1.Assistant)\n  metrics   http://127.0.0.1:{args.metrics_port}/metrics"
               + (f"\n  trainer   http://127.0.0.1:{args.trainer_metrics_port}/metrics"
@@ -130,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
               + f"\n  Kafka     {bootstrap}{' (local Tansu broker)' if broker else ''}"
               f"\n  adapters  {Path(args.adapter_store).resolve()}"
               f"\n  logs      {state.resolve()}/"
-              f"\n  try:      personalize chat --user alice --server {args.host}:{args.port}"
-              "\nCtrl-C stops everything.", flush=True)
+              + auth + "\nCtrl-C stops everything.", flush=True)
         while not stopping:
             dead = [p for p in procs if p.poll() is not None]
             if dead:

@@ -142,7 +142,8 @@ class AdapterStore:
         targets = {targets} if isinstance(targets, str) else set(targets)
         if allowed_targets is not None and not targets <= allowed_targets:
             raise AdapterRejected("targets", f"unsupported target modules {sorted(targets)}")
-        _check_finite(vdir / WEIGHTS_FILE)
+        _check_weights(vdir / WEIGHTS_FILE, None if config.get("rank_pattern") else rank,
+                       max_rank, allowed_targets)
         return manifest
 
     def publish(self, user_id: str, adapter_dir: Path, base_model: str,
@@ -183,7 +184,10 @@ class AdapterStore:
             return {}
 
 
-def _check_finite(path: Path) -> None:
+def _check_weights(path: Path, rank: int | None, max_rank: int,
+                   allowed_targets: frozenset[str] | None) -> None:
+    """Every tensor finite; LoRA A/B tensors of the configured rank (at most
+    ``max_rank`` with a rank_pattern) on allowed modules only."""
     import torch
     from safetensors.torch import load_file
 
@@ -194,3 +198,14 @@ def _check_finite(path: Path) -> None:
     for name, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
             raise AdapterRejected("non_finite", f"tensor {name} has NaN or Inf values")
+        parts = name.split(".")
+        kind = next((p for p in parts if p in ("lora_A", "lora_B")), None)
+        if kind is None or tensor.dim() != 2:
+            continue
+        module = parts[parts.index(kind) - 1]
+        if allowed_targets is not None and module not in allowed_targets:
+            raise AdapterRejected("targets", f"tensor {name} adapts module {module!r}")
+        r = tensor.shape[0] if kind == "lora_A" else tensor.shape[1]
+        if (rank is not None and r != rank) or not 0 < r <= max_rank:
+            raise AdapterRejected("rank", f"tensor {name} has rank {r}; adapter_config "
+                                  f"says {rank}, the server takes at most {max_rank}")

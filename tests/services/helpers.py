@@ -35,5 +35,6 @@ def collect(stream) -> Collected:  # type: ignore[no-untyped-def]
     return out
 
 
-def generate(stub, user_id: str, text: str = "hello", **kwargs) -> Collected:  # type: ignore[no-untyped-def]
-    return collect(stub.Generate(chat_request(user_id, text, **kwargs), timeout=120))
+def generate(stub, user_id: str, text: str = "hello", metadata=None, **kwargs) -> Collected:  # type: ignore[no-untyped-def]
+    return collect(stub.Generate(chat_request(user_id, text, **kwargs), timeout=120,
+                                 metadata=metadata))

@@ -38,6 +38,7 @@ def test_stack_serves_and_stops_on_ctrl_c(tiny_model_dir: Path, tmp_path: Path) 
             time.sleep(0.5)
         printed = (tmp_path / "stack.out").read_text()
         assert f"127.0.0.1:{port}" in printed and f":{bport}" in printed
+        assert "auth      OFF" in printed, "the open default says so"
         with AssistantClient(f"127.0.0.1:{port}") as client:
             [cand] = client.complete("stack-user", "hi", max_tokens=5)
             assert cand.completion_tokens == 5

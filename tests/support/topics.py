@@ -33,3 +33,24 @@ def read_topic(bootstrap: str, topic: str, until: Callable[[list[dict[str, Any]]
         return out
     finally:
         consumer.close()
+
+
+def isolated_kafka(bootstrap: str, prefix: str, **overrides: Any) -> Any:
+    """A KafkaConfig whose topics (``<prefix>-generations`` ...) exist and belong to
+    one test alone, so its servers and trainers see no other test's records."""
+    from services.config import KafkaConfig
+    from services.kafka_io import ensure_topics
+
+    cfg = KafkaConfig(bootstrap_servers=bootstrap, generations_topic=f"{prefix}-generations",
+                      feedback_topic=f"{prefix}-feedback",
+                      adapter_updates_topic=f"{prefix}-adapter-updates",
+                      produce_timeout_s=3.0, max_block_s=1.0, **overrides)
+    ensure_topics(cfg)
+    return cfg
+
+
+def trainer_topic_env(cfg: Any) -> dict[str, str]:
+    """start_trainer overrides that point a trainer at ``cfg``'s topics."""
+    return {"kafka_generations_topic": cfg.generations_topic,
+            "kafka_feedback_topic": cfg.feedback_topic,
+            "kafka_adapter_updates_topic": cfg.adapter_updates_topic}

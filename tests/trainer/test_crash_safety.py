@@ -4,7 +4,6 @@ it, and check every acknowledged event is in the training data exactly once."""
 from __future__ import annotations
 
 import random
-import signal
 import threading
 import time
 import uuid
@@ -12,7 +11,12 @@ from pathlib import Path
 
 from personalize.v1 import assistant_pb2 as pb
 from tests.services.helpers import generate
-from tests.support.trainer_proc import journaled_ids, start_trainer
+from tests.support.trainer_proc import (
+    KillableTrainer,
+    journaled_ids,
+    start_trainer,
+    wait_for_ids,
+)
 
 EVENTS = 300
 
@@ -47,34 +51,18 @@ def test_kill_9_loses_nothing_and_counts_nothing_twice(stub, broker, tmp_path: P
         return journaled_ids(state, users)
 
     sender = threading.Thread(target=burst)
-    trainer = start()
+    trainer = KillableTrainer(start, journaled, seed=11)
     sender.start()
-    kills, seen_at_kill = 0, []
-    rng = random.Random(11)
-    while kills < 3:
-        # kill only once the trainer is visibly consuming (more journaled than last time)
-        before, deadline = len(journaled()), time.monotonic() + 60
-        while len(journaled()) <= before and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 0.3))
-        trainer.send_signal(signal.SIGKILL)
-        trainer.wait()
-        kills += 1
-        seen_at_kill.append(len(journaled()))
-        trainer = start()
+    while trainer.kills < 3:
+        trainer.kill_while_consuming()
     sender.join()
+    wanted = {fid for _, fid in acked}
     try:
-        wanted = {fid for _, fid in acked}
-        deadline = time.monotonic() + 120
-        while True:
-            got = journaled()
-            if set(got) >= wanted or time.monotonic() > deadline:
-                break
-            time.sleep(1)
+        got = wait_for_ids(journaled, wanted)
     finally:
-        trainer.send_signal(signal.SIGTERM)
-        trainer.wait(timeout=30)
-    assert len(acked) == EVENTS and kills >= 3
+        trainer.stop()
+    seen_at_kill = trainer.seen_at_kill
+    assert len(acked) == EVENTS and trainer.kills >= 3
     assert 0 < seen_at_kill[0] < EVENTS, f"kills must land mid-burst: {seen_at_kill}"
     assert len(got) == len(set(got)), "an event was counted twice"
     assert set(got) == wanted, f"lost {len(wanted - set(got))} acknowledged events"
