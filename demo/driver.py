@@ -36,7 +36,7 @@ class DriveConfig:
     """Sampling temperature of the answers users rate."""
     thumbs_fraction: float = 0.3
     """Share of events that are a thumbs on one answer (the rest rank 2-4 candidates)."""
-    pause_s: float = 4.0
+    pause_s: float = 6.0
     """Pause of each user between two feedback events."""
     eval_samples: int = 2
     """Seeded samples per held-out prompt when measuring a win rate."""

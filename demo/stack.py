@@ -37,7 +37,7 @@ class TrainerProfile:
     ppo_kl_coef: float = 0.02
     schedule_min_new_feedback: int = 6
     schedule_max_wait_s: float = 60.0
-    schedule_ppo_steps_per_turn: int = 3
+    schedule_ppo_steps_per_turn: int = 2
     publish_eval_prompts: int = 4
     publish_eval_samples: int = 2
     publish_kl_bound: float = 6.0

@@ -52,6 +52,9 @@ def load_secrets(cfg: AuthConfig) -> list[str]:
     if cfg.secrets_file:
         raw += "," + Path(cfg.secrets_file).read_text()
     secrets = [s.strip() for s in raw.replace("\n", ",").split(",") if s.strip()]
+    if cfg.secrets_file and not secrets:  # a mounted but empty secret must not open the door
+        raise ValueError(f"auth secrets file {cfg.secrets_file} holds no secret; put one in "
+                         "(openssl rand -hex 32) or unset the file to run open")
     for s in secrets:
         if len(s) < MIN_SECRET_CHARS:
             raise ValueError(f"auth secrets must be at least {MIN_SECRET_CHARS} characters "

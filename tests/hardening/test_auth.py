@@ -120,6 +120,9 @@ def test_config_and_issuing_rules(tmp_path) -> None:  # type: ignore[no-untyped-
     from_file = Authenticator(AuthConfig(secrets_file=str(tmp_path / "secrets")))
     assert from_file.enabled and from_file.authenticate(
         bearer(Authenticator(AuthConfig(secrets=OTHER_SECRET)).issue("bob", 60))).subject == "bob"
+    (tmp_path / "empty").write_text("\n")  # a mounted secret left empty fails closed
+    with pytest.raises(ValueError, match="holds no secret"):
+        Authenticator(AuthConfig(secrets_file=str(tmp_path / "empty")))
     off = Authenticator(AuthConfig())
     assert not off.enabled and off.authenticate(()) == Caller("", admin=True)
     with pytest.raises(ValueError, match="no auth secret"):
