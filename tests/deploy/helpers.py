@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 PROM = DEPLOY / "prometheus"
 COMPOSE = DEPLOY / "compose" / "docker-compose.yml"
+COMPOSE_DOTENV = DEPLOY / "compose" / ".env"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "personalize.json"
 K8S = DEPLOY / "k8s"
 DOCKER = DEPLOY / "docker"
@@ -55,6 +56,12 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text())
 
 
+def dotenv(path: Path = COMPOSE_DOTENV) -> dict[str, str]:
+    """NAME=value lines of a Compose .env file (comments and blank lines skipped)."""
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
 def k8s_docs() -> list[dict[str, Any]]:
     """The manifests (kustomization.yaml is kustomize's own file, not a resource)."""
     return [d for p in sorted(K8S.glob("*.yaml")) if p.name != "kustomization.yaml"
@@ -69,6 +76,44 @@ def k8s(kind: str, name: str) -> dict[str, Any]:
 
 def configmap_env(name: str) -> dict[str, str]:
     return dict(k8s("ConfigMap", name)["data"])
+
+
+def secret_data(name: str) -> dict[str, str]:
+    """The keys (and values) of a Secret of the manifests: stringData and data."""
+    secret = k8s("Secret", name)
+    return {**(secret.get("data") or {}), **(secret.get("stringData") or {})}
+
+
+def container_env(container: dict[str, Any]) -> dict[str, str | None]:
+    """The environment a container gets from its ConfigMaps (envFrom) and its env
+    list; a valueFrom entry reads as None."""
+    env: dict[str, str | None] = {}
+    for ref in container.get("envFrom", []):
+        if "configMapRef" in ref:
+            env.update(configmap_env(ref["configMapRef"]["name"]))
+    for var in container.get("env", []):
+        env[var["name"]] = var.get("value")
+    return env
+
+
+def secret_file(spec: dict[str, Any], container: dict[str, Any], path: str) -> tuple[str, str]:
+    """(Secret name, key) of the file ``path`` in ``container``: it must lie in a
+    read-only volume mount of a non-optional secret volume of the pod ``spec``."""
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    mounts = [m for m in container.get("volumeMounts", [])
+              if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert len(mounts) == 1, f"{container['name']}: {path} is in no volume mount"
+    (mount,) = mounts
+    assert mount.get("readOnly"), f"{container['name']}: mount {mount['name']} is writable"
+    source = volumes[mount["name"]].get("secret")
+    assert source, f"{container['name']}: {path} is not in a Secret volume"
+    assert not source.get("optional"), f"volume {mount['name']}: a missing Secret must " \
+        "stop the pod, not leave the file out"
+    name = path[len(mount["mountPath"].rstrip("/")) + 1:]
+    items = {item["path"]: item["key"] for item in source.get("items", [])}
+    if items:
+        assert name in items, f"{path}: no item of Secret {source['secretName']} is {name}"
+    return source["secretName"], items.get(name, name)
 
 
 def dashboard() -> dict[str, Any]:

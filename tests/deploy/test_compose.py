@@ -10,6 +10,8 @@ import yaml
 
 from services.config import KafkaConfig
 from tests.deploy.helpers import (
+    COMPOSE,
+    COMPOSE_DOTENV,
     DEPLOY,
     DOCKER,
     SERVER,
@@ -17,6 +19,7 @@ from tests.deploy.helpers import (
     compose,
     configmap_env,
     dockerfile_env,
+    dotenv,
 )
 
 
@@ -93,3 +96,15 @@ def test_compose_ports_volumes_and_topics() -> None:
     assert f"../grafana/dashboards:{path}:ro" in services["grafana"]["volumes"]
 
 
+def test_compose_auth_secrets_come_from_the_environment() -> None:
+    """Both servers take PERSONALIZE_SERVER_AUTH_SECRETS from the shell or .env
+    (auth on once it is set), with no default in the file: no committed secret."""
+    name = "PERSONALIZE_SERVER_AUTH_SECRETS"
+    services = compose()["services"]
+    for service in ("server", "server-gpu"):
+        assert services[service]["environment"][name] == f"${{{name}:-}}", service
+        assert "PERSONALIZE_SERVER_AUTH_SECRETS_FILE" not in services[service]["environment"]
+    assert name not in services["trainer"]["environment"]
+    assert name in dotenv()
+    for path in (COMPOSE, COMPOSE_DOTENV):
+        assert "openssl rand -hex 32" in path.read_text(), f"{path.name}: how to make one"

@@ -24,8 +24,9 @@ from tests.deploy.helpers import (
     compose,
     configmap_env,
     dockerfile_env,
-    k8s,
+    dotenv,
     load_yaml_all,
+    secret_data,
 )
 
 ENV_NAME = re.compile(r"\bPERSONALIZE_[A-Z0-9_]*[A-Z0-9]\b")
@@ -87,9 +88,18 @@ def test_compose_env_values_build_the_configs() -> None:
 def test_k8s_env_values_build_the_configs() -> None:
     check_env_values(configmap_env("personalize-server-env"), "configmap server")
     check_env_values(configmap_env("personalize-trainer-env"), "configmap trainer")
-    secret = k8s("Secret", "personalize-response-keys")["stringData"]
+    secret = secret_data("personalize-response-keys")
     check_env_values(secret, "secret")
-    assert set(secret) == {"PERSONALIZE_SERVER_RESPONSE_KEYS"}
+    # the response keys (env) and the auth secrets (a mounted file, see test_k8s.py)
+    assert set(secret) == {"PERSONALIZE_SERVER_RESPONSE_KEYS", "auth-secrets"}
+    assert not any(secret.values()), "placeholders only: real secrets are set out of band"
+
+
+def test_compose_dotenv_values_build_the_configs() -> None:
+    env = dotenv()
+    check_env_values(env, "compose .env")
+    assert env["COMPOSE_PROFILES"] == "cpu"
+    assert env["PERSONALIZE_SERVER_AUTH_SECRETS"] == "", "never commit a real secret"
 
 
 def test_dockerfile_env_values_build_the_configs() -> None:
