@@ -4,7 +4,7 @@ pairwise accuracy (personal vs shared-only), the served adapter's win rate vs th
 model under the user's preference, its win rate under the other users' preferences
 (leakage), and the feedback events it took.
 
-    .venv/bin/python -m bench.learning --duration 1200
+    .venv/bin/python -m bench.learning --duration 600 --users 2
 
 Targets: personal RM accuracy >= 0.9 where the shared one is <= 0.6; win rate >= 75%
 after <= 200 feedback events per user; leakage <= 5 points.
@@ -59,8 +59,8 @@ def targets(users: list[dict[str, Any]]) -> dict[str, bool]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, default=1200.0)
-    p.add_argument("--users", type=int, default=4)
+    p.add_argument("--duration", type=float, default=600.0)
+    p.add_argument("--users", type=int, default=2)
     p.add_argument("--json", default="bench/results/learning.json")
     known, rest = p.parse_known_args()
     out = Path("bench/results/learning-run")

@@ -43,6 +43,9 @@ class DriveConfig:
     eval_temperature: float = 0.7
     poll_s: float = 5.0
     """How often the users' status is read."""
+    max_backlog: int = 16
+    """Feedback events a user lets the trainer fall behind before waiting for it, as a
+    person would wait to see an effect; keeps the CPU for training on a small host."""
     seed: int = 0
 
 
@@ -74,6 +77,8 @@ class UserState:
     """Feedback events sent when the best win rate so far was first measured."""
     best_win_rate: float = 0.5
     decision: str = ""
+    backlog: int = 0
+    """Feedback events accepted by the server that the trainer has not trained on."""
     labelers: list[tuple[str, float, bool]] = field(default_factory=list)
     history: list[Point] = field(default_factory=list)
 
@@ -123,6 +128,9 @@ class Simulation:
     def _feedback_loop(self, state: UserState, rng: random.Random) -> None:
         prompts = feedback_prompts()
         while not self._stop.is_set():
+            if state.backlog >= self._cfg.max_backlog:
+                self._stop.wait(1.0)
+                continue
             try:
                 self._one_event(state, rng.choice(prompts), rng)
             except grpc.RpcError as exc:
@@ -146,6 +154,7 @@ class Simulation:
                 self._client.rank(user.user_id, [answers[i].response_id for i in order],
                                   labeler_id=labeler.labeler_id)
         state.feedback += 1
+        state.backlog += len(user.labelers)
 
     # -- status and evaluation ------------------------------------------------------------
     def _watch_loop(self) -> None:
@@ -168,6 +177,7 @@ class Simulation:
             state.rm_accuracy = status.reward_model_accuracy
             state.rm_accuracy_shared = status.reward_model_shared_accuracy
         state.decision = status.last_publish_decision
+        state.backlog = max(0, status.feedback_accepted - status.feedback_events_trained)
         state.labelers = [(s.labeler_id, s.agreement, s.flagged) for s in status.labelers]
         if status.adapter_version and status.adapter_version != state.version:
             self._evaluate(state, status.adapter_version)
