@@ -69,3 +69,21 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) .cache proto/personalize/v1/*_pb2*.py proto/personalize/v1/*_pb2.pyi
+
+# Performance benchmarks (see docs/benchmarks.md): each starts what it needs on free
+# ports, prints a table and writes bench/results/<name>.json. `make bench` runs them all.
+BENCH_STAMP := $(VENV)/.bench-installed
+PERF_BENCHES := serving hot_swap feedback_ingest ppo reward_model scale feedback_to_adapter
+BENCH_ARGS_serving ?= --profile
+BENCH_ARGS_feedback_to_adapter ?= --open-gate
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
+	case "$(EXTRAS)" in *cpu*) $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true ;; esac
+	touch $@
+
+.PHONY: bench $(addprefix bench-,$(PERF_BENCHES))
+bench: $(addprefix bench-,$(PERF_BENCHES))
+
+$(addprefix bench-,$(PERF_BENCHES)): bench-%: setup $(BENCH_STAMP)
+	$(PY) -m bench.$* $(BENCH_ARGS_$*) $(BENCH_ARGS)

@@ -1,28 +1,42 @@
-"""End to end on a running stack (``make up``): a user's feedback burst -> the
-trainer publishes -> the server's first answer from the new adapter.
+"""End to end: a user's feedback burst -> the trainer's turn -> publish -> the server's
+first answer from the new adapter.
 
-The simulated user ranks 3 candidates per prompt, preferring shorter answers.
-If the trainer keeps its candidate back, the user sends another round. Prints
-a table and writes JSON.
+    python -m bench.feedback_to_adapter --open-gate   # private stack + trainer, ~4-6 min
+    python -m bench.feedback_to_adapter --server HOST:PORT   # a running `make up`
+
+The simulated user ranks 3 candidates for each of 8 prompts (24 answers, 8 ranking
+events), preferring shorter answers. From the last acknowledged ranking, the user
+polls with 1-token requests until one is answered by an adapter, and GetUserStatus
+for the trainer's decision. If the trainer keeps its candidate back, the user sends
+another burst; after a new version is served, the next burst measures the warm
+trainer, until ``--publishes`` versions, ``--rounds`` bursts or ``--max-seconds``.
+
+With ``--open-gate`` (private stack only) the publish gate accepts any candidate
+within the KL bound, so the run measures the pipeline's latency rather than
+whether one turn of learning happened to beat the served adapter (the learning
+itself is bench.learning's subject). The trainer of a private stack loads its
+models on the first turn; that is part of the first round.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from pathlib import Path
+from typing import Any
 
+from bench.common import (
+    DEFAULT_MODEL,
+    PROMPTS,
+    Deadline,
+    private_stack,
+    settle,
+    table,
+    write_result,
+)
 from services.client import AssistantClient
 
-PROMPTS = ["Give me a tip for sleeping well.", "What is the capital of France?",
-           "Write a haiku about the sea.", "How do I boil an egg?",
-           "Explain recursion briefly.", "Name three fruits.", "Why is the sky blue?",
-           "Suggest a name for a cat."]
 
-
-def send_round(client: AssistantClient, user: str, tokens: int) -> int:
+def send_burst(client: AssistantClient, user: str, tokens: int) -> int:
     for prompt in PROMPTS:
         cands = client.complete(user, prompt, num_candidates=3, max_tokens=tokens,
                                 temperature=1.0)
@@ -31,48 +45,93 @@ def send_round(client: AssistantClient, user: str, tokens: int) -> int:
     return len(PROMPTS)
 
 
+def wait_round(client: AssistantClient, user: str, before: float, served_before: str,
+               budget: Deadline, poll_s: float) -> dict[str, Any]:
+    """Poll until the user is answered by a new adapter version, or the trainer kept its
+    candidate."""
+    t0 = time.monotonic()
+    decided_s: float | None = None
+    status = client.status(user)
+    while not budget.passed():
+        served = client.complete(user, PROMPTS[0], max_tokens=1, temperature=0.0)[0]
+        if served.adapter_version and served.adapter_version != served_before:
+            return {"seconds_to_first_answer": time.monotonic() - t0,
+                    "seconds_to_decision": decided_s, "served_version": served.adapter_version,
+                    **_status_fields(client.status(user))}
+        status = client.status(user)
+        if status.trainer_updated_at > before and decided_s is None:
+            decided_s = time.monotonic() - t0
+            if not status.last_publish_decision.startswith("published"):
+                break
+        time.sleep(poll_s)
+    return {"seconds_to_first_answer": None, "seconds_to_decision": decided_s,
+            "served_version": "", **_status_fields(status)}
+
+
+def _status_fields(status: Any) -> dict[str, Any]:
+    return {"decision": status.last_publish_decision, "rm_accuracy": status.reward_model_accuracy,
+            "reward_before": status.last_reward_before, "reward_after": status.last_reward_after,
+            "kl": status.last_kl}
+
+
+def run(target: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    budget = Deadline(args.max_seconds)
+    rows = []
+    with AssistantClient(target, timeout_s=600) as client:
+        for round_no in range(1, args.rounds + 1):
+            if budget.passed():
+                break
+            before = client.status(args.user).trainer_updated_at
+            served_before = client.complete(args.user, PROMPTS[0], max_tokens=1,
+                                            temperature=0.0)[0].adapter_version
+            burst_start = time.monotonic()
+            sent = send_burst(client, args.user, args.tokens)
+            row = {"round": round_no, "feedback": sent, "served_before": served_before,
+                   "burst_s": time.monotonic() - burst_start,
+                   **wait_round(client, args.user, before, served_before, budget, args.poll)}
+            rows.append(row)
+            print(row, flush=True)
+            if sum(bool(r["served_version"]) for r in rows) >= args.publishes:
+                break
+    return rows
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--server", default="127.0.0.1:50051")
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--server", default="", help="a running stack; empty starts a private one")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--user", default=f"e2e-{int(time.time()) % 100000}")
     p.add_argument("--tokens", type=int, default=48)
-    p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--round-timeout", type=float, default=900.0)
-    p.add_argument("--out", default="bench/results/feedback_to_adapter.json")
+    p.add_argument("--rounds", type=int, default=4, help="most feedback bursts")
+    p.add_argument("--publishes", type=int, default=2,
+                   help="stop after this many new versions were served (the first turn of a "
+                        "fresh trainer loads its models; later ones show the warm latency)")
+    p.add_argument("--poll", type=float, default=0.5, help="seconds between polls")
+    p.add_argument("--open-gate", action="store_true",
+                   help="publish any candidate within the KL bound (private stack only)")
+    p.add_argument("--ppo-steps", type=int, default=4, help="trainer PPO iterations per turn "
+                   "(private stack only)")
+    p.add_argument("--max-seconds", type=float, default=480, help="budget after start-up")
+    p.add_argument("--out", default="")
     args = p.parse_args()
-    rows = []
-    with AssistantClient(args.server, timeout_s=600) as client:
-        for round_no in range(1, args.rounds + 1):
-            sent = send_round(client, args.user, args.tokens)
-            t0 = time.monotonic()
-            before = client.status(args.user).trainer_updated_at
-            while True:
-                status = client.status(args.user)
-                if status.trainer_updated_at > before or \
-                        time.monotonic() - t0 > args.round_timeout:
-                    break
-                time.sleep(2)
-            served = client.complete(args.user, PROMPTS[0], max_tokens=args.tokens,
-                                     temperature=0.0)[0]
-            rows.append({"round": round_no, "feedback": sent,
-                         "seconds_to_decision": time.monotonic() - t0,
-                         "decision": status.last_publish_decision,
-                         "served_version": served.adapter_version,
-                         "rm_accuracy": status.reward_model_accuracy,
-                         "reward_before": status.last_reward_before,
-                         "reward_after": status.last_reward_after, "kl": status.last_kl})
-            print(rows[-1], flush=True)
-            if served.adapter_version:
-                break
-    print(f"{'round':>5} {'s to decision':>14} {'served':>7}  decision")
-    for r in rows:
-        print(f"{r['round']:>5} {r['seconds_to_decision']:>14.1f} "
-              f"{r['served_version'] or 'base':>7}  {r['decision']}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": platform.node(),
-                               "settings": vars(args), "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    settle()
+    settings: dict[str, Any] = vars(args).copy()
+    if args.server:
+        rows, extra = run(args.server, args), {}
+    else:
+        env = {"PERSONALIZE_TRAINER_SCHEDULE_PPO_STEPS_PER_TURN": str(args.ppo_steps)}
+        if args.open_gate:
+            env["PERSONALIZE_TRAINER_PUBLISH_MIN_IMPROVEMENT"] = "-1e9"
+        settings["trainer_env"] = env
+        with private_stack(args.model, trainer=True, env=env) as stack:
+            rows, extra = run(stack.target, args), {"stack_start_s": stack.started_s}
+    print(table(["round", "burst s", "s to decision", "s to first answer", "served",
+                 "decision"],
+                [[r["round"], r["burst_s"], r["seconds_to_decision"] or "-",
+                  r["seconds_to_first_answer"] or "-", r["served_version"] or "base",
+                  r["decision"]] for r in rows]))
+    write_result("feedback_to_adapter", settings, {"rows": rows, **extra}, args.out or None)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,9 @@ from trainer.metrics import TrainerMetrics
 from trainer.policy_pool import PolicyPool
 from trainer.ppo import PPOTrainer
 from trainer.ppo_config import UserProgress
-from trainer.reward_data import PairExample, ThumbExample
 from trainer.reward_model import PersonalRewardModel
 from trainer.rollout import render_prompts
+from trainer.shared_sample import SharedSample
 
 log = logging.getLogger(__name__)
 Announce = Callable[[AdapterUpdateRecord], None]
@@ -49,6 +49,8 @@ class TurnResult:
     rm_accuracy: float | None = None
     steps: int = 0
     interrupted: bool = False
+    rm_accuracy_shared: float | None = None
+    """Held-out accuracy of the shared reward model alone on the same pairs."""
 
 
 class Learner:
@@ -59,7 +61,9 @@ class Learner:
         self._metrics = metrics
         self._announce = announce
         self._state = Path(cfg.state_dir)
-        self._examples: dict[str, tuple[list[PairExample], list[ThumbExample]]] = {}
+        # what the shared reward head trains on: a bounded sample of everyone's examples
+        self._shared = SharedSample(cfg.reward.shared_max_examples,
+                                    cfg.reward.shared_max_examples_per_user, cfg.reward.seed)
         # the weights each user is served (the gate's baseline); training continues
         # from refused candidates, but they are always compared with this
         self._served: dict[str, dict[str, torch.Tensor]] = {}
@@ -98,9 +102,8 @@ class Learner:
             return TurnResult(user_id, "waiting: too little preference data")
         rm, ppo = self._models()
         # 1. reward model: the shared part on everyone's data, then this user's part
-        self._examples[user_id] = (ex.pairs, ex.thumbs)
-        shared = rm.train_shared([p for ps, _ in self._examples.values() for p in ps],
-                                 [t for _, ts in self._examples.values() for t in ts])
+        self._shared.put(user_id, ex.pairs, ex.thumbs)
+        shared = rm.train_shared(*self._shared.examples())
         personal = rm.train_user(user_id, ex.pairs, ex.thumbs)
         self._metrics.rm_loss.labels("shared").set(shared.loss)
         self._metrics.rm_loss.labels("user").set(personal.loss)
@@ -134,6 +137,7 @@ class Learner:
         _restore(ppo.pool, user_id, candidate)
         result = self._decide(user_id, ex, steps, old_score, new_score, new_kl,
                               personal.heldout_accuracy, ppo)
+        result = replace(result, rm_accuracy_shared=personal.heldout_accuracy_shared)
         if result.published_version:
             self._served[user_id] = candidate
         self._metrics.turn_seconds.observe(time.perf_counter() - start)
@@ -159,17 +163,18 @@ class Learner:
                 kl: float, accuracy: float | None, ppo: PPOTrainer) -> TurnResult:
         gate = self._cfg.publish
         if steps == 0:
-            decision = "kept: no PPO step (stop rule reached)"
+            reason, decision = "no_step", "kept: no PPO step (stop rule reached)"
         elif not new > old + gate.min_improvement:
+            reason = "no_gain"
             decision = f"kept: candidate reward {new:.3f} does not beat {old:.3f}"
         elif not kl <= gate.kl_bound:
-            decision = f"kept: KL {kl:.3f} over the bound {gate.kl_bound}"
+            reason, decision = "kl_bound", f"kept: KL {kl:.3f} over the bound {gate.kl_bound}"
         else:
             version = self._publish(user_id, ex, steps, old, new, kl, ppo)
             self._metrics.published.inc()
             return TurnResult(user_id, f"published {version}", version, old, new, kl,
                               accuracy, steps)
-        self._metrics.refused.labels(decision.split(":")[1].split()[0]).inc()
+        self._metrics.refused.labels(reason).inc()  # one of metrics.REFUSAL_REASONS
         return TurnResult(user_id, decision, "", old, new, kl, accuracy, steps)
 
     def _publish(self, user_id: str, ex: UserExamples, steps: int, old: float, new: float,
@@ -193,6 +198,7 @@ class Learner:
             "feedback_events": ex.feedback_events, "preference_pairs": len(ex.data.pairs),
             "thumbs_labels": len(ex.data.thumbs),
             "reward_model_accuracy": _finite(result.rm_accuracy),
+            "reward_model_shared_accuracy": _finite(result.rm_accuracy_shared),
             "last_reward_before": _finite(result.reward_before),
             "last_reward_after": _finite(result.reward_after), "last_kl": _finite(result.kl),
             "last_publish_decision": result.decision,

@@ -25,7 +25,8 @@ class RewardModelConfig:
     encode_batch_size: int = 32
     """Sequences per backbone forward pass when filling the embedding cache."""
     embedding_cache_size: int = 20_000
-    """Cached (prompt, completion) embeddings (LRU); 0 disables the cache."""
+    """Cached (prompt, completion) embeddings (LRU, each row its own H floats: ~1.5 KB for
+    MiniLM, so ~30 MB at the default); 0 disables the cache."""
     backbone_lr: float = 0.0
     """Learning rate of the backbone in ``train_shared`` (dropout stays off); 0 keeps it frozen.
     Frozen is the default and the only setting in which cached embeddings and trained user
@@ -36,6 +37,12 @@ class RewardModelConfig:
     """L2 penalty on the shared head's weights."""
     shared_epochs: int = 30
     """Passes over the training data per ``train_shared`` call."""
+    shared_max_examples: int = 2048
+    """Most examples (pairs + thumbs, all users together) the learner keeps for the shared
+    head: a hash-chosen sample (``trainer.shared_sample``), so memory and the cost of a
+    ``train_shared`` call stay flat as users are added."""
+    shared_max_examples_per_user: int = 128
+    """Most examples of one user in that sample."""
     user_lr: float = 2e-2
     """Adam learning rate of a user's head."""
     user_l2: float = 1e-3
@@ -57,7 +64,8 @@ class RewardModelConfig:
 
     def __post_init__(self) -> None:
         positive = ("max_length", "encode_batch_size", "shared_lr", "shared_epochs", "user_lr",
-                    "user_epochs", "batch_size", "max_resident_users")
+                    "user_epochs", "batch_size", "max_resident_users", "shared_max_examples",
+                    "shared_max_examples_per_user")
         for name in positive:
             if not (value := getattr(self, name)) > 0:
                 raise ValueError(f"RewardModelConfig.{name} must be > 0, got {value}")

@@ -123,6 +123,12 @@ class TextEncoder:
     def cached_entries(self) -> int:
         return len(self._cache)
 
+    def cached_bytes(self) -> int:
+        """Bytes of tensor storage the cache holds (distinct storages counted once)."""
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                    for t in self._cache.values()}
+        return sum(storages.values())
+
     def _encode_missing(self, keys: list[CacheKey]) -> dict[CacheKey, Tensor]:
         """Encode the distinct keys not in the cache, ``batch_size`` at a time, without grad.
 
@@ -145,7 +151,8 @@ class TextEncoder:
     def _cache_put(self, key: CacheKey, row: Tensor) -> None:
         if self.cache_size <= 0:
             return
-        self._cache[key] = row
+        # a row of a batch is a view that would keep the whole batch alive: store a copy
+        self._cache[key] = row.detach().clone()
         self._cache.move_to_end(key)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)

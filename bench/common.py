@@ -1,0 +1,282 @@
+"""What the benchmarks share: a private local stack, synthetic adapters, tables and JSON.
+
+Every benchmark starts what it needs itself on free ports with a temporary
+adapter store and state directory, so it never touches a stack someone else
+runs, and stops it again however the run ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.broker import free_port
+from services.records import AdapterUpdateRecord
+from services.store import AdapterManifest, AdapterStore
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = ".cache/models/SmolLM2-135M-Instruct"
+RESULTS = REPO / "bench" / "results"
+
+
+def cpu_pressure() -> float | None:
+    """Share of the last 60 s in which some runnable task waited for a CPU (PSI), in %."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        first = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        return float(dict(kv.split("=") for kv in first.split()[1:])["avg60"])
+    return None
+
+
+def wait_for_quiet_cpu(max_wait_s: float = 90.0, below: float = 30.0) -> float:
+    """On a shared host, wait (bounded) until CPU pressure over the last 10 s is under
+    ``below`` %; returns the seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < max_wait_s:
+        with contextlib.suppress(OSError, ValueError, IndexError, KeyError):
+            first = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+            if float(dict(kv.split("=") for kv in first.split()[1:])["avg10"]) < below:
+                break
+        time.sleep(2.0)
+    return time.monotonic() - start
+
+
+_AT_START: dict[str, Any] = {"load_average": os.getloadavg(),
+                             "cpu_pressure_avg60": cpu_pressure()}
+
+
+def settle(max_wait_s: float = 90.0) -> None:
+    """Call at the start of a benchmark: wait for a quieter CPU, record how busy it was."""
+    waited = wait_for_quiet_cpu(max_wait_s)
+    _AT_START.update(load_average=os.getloadavg(), cpu_pressure_avg60=cpu_pressure(),
+                     waited_for_quiet_s=round(waited, 1))
+PROMPTS = ["Give me a tip for sleeping well.", "What is the capital of France?",
+           "Write a haiku about the sea.", "How do I boil an egg?",
+           "Explain recursion briefly.", "Name three fruits.", "Why is the sky blue?",
+           "Suggest a name for a cat."]
+
+
+# --- the stack -----------------------------------------------------------------------------
+
+
+@dataclass
+class StackHandle:
+    """A running private stack: where to reach it and what it wrote."""
+
+    target: str
+    bootstrap: str
+    store: AdapterStore
+    state_dir: Path
+    proc: subprocess.Popen[bytes]
+    model_id: str
+    started_s: float
+    """Seconds from launch to SERVING."""
+    metrics_url: str
+    """The server's Prometheus endpoint."""
+
+    def metric(self, name: str) -> float:
+        """Sum of a server metric's samples named exactly ``name`` (all label sets)."""
+        import urllib.request
+
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as reply:
+            text = reply.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.split("{")[0].split(" ")[0] == name)
+
+
+def _wait_serving(target: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the stack exited with code {proc.returncode}")
+            with contextlib.suppress(grpc.RpcError):
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(0.5)
+    raise TimeoutError(f"{target} not serving after {timeout_s:.0f}s")
+
+
+@contextlib.contextmanager
+def private_stack(model: str, *, trainer: bool = False, env: dict[str, str] | None = None,
+                  ready_timeout_s: float = 300.0, keep_dir: Path | None = None
+                  ) -> Iterator[StackHandle]:
+    """``personalize-stack`` on free ports with a temporary store and state directory."""
+    with tempfile.TemporaryDirectory(prefix="personalize-bench-") as tmp:
+        root = keep_dir or Path(tmp)
+        state, store = root / "state", root / "store"
+        state.mkdir(parents=True, exist_ok=True)
+        port, broker, metrics = free_port(), free_port(), free_port()
+        args = [sys.executable, "-m", "services.stack", "--model", model,
+                "--broker-port", str(broker), "--port", str(port),
+                "--metrics-port", str(metrics), "--trainer-metrics-port", str(free_port()),
+                "--adapter-store", str(store), "--state-dir", str(state)]
+        if not trainer:
+            args.append("--no-trainer")
+        full_env = {**os.environ, "PERSONALIZE_TRAINER_STATE_DIR": str(state / "trainer"),
+                    "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+        started = time.monotonic()
+        with (state / "stack.log").open("ab") as log:
+            proc = subprocess.Popen(args, env=full_env, cwd=REPO, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_serving(f"127.0.0.1:{port}", proc, ready_timeout_s)
+            yield StackHandle(f"127.0.0.1:{port}", f"127.0.0.1:{broker}", AdapterStore(store),
+                              state, proc, Path(model).resolve().name,
+                              time.monotonic() - started, f"http://127.0.0.1:{metrics}/metrics")
+        finally:
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    """Ctrl-C the stack (it stops its children and the broker), then make sure."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# --- synthetic adapters ---------------------------------------------------------------------
+
+
+def make_adapters(base_dir: Path, out_root: Path, names: Sequence[str], rank: int = 8,
+                  seed: int = 0) -> list[Path]:
+    """Rank-``rank`` PEFT adapters on q_proj/v_proj with random non-zero weights, one per
+    name, from a single load of the base model (``tests.support.adapters`` loads it per
+    adapter)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"],
+                        lora_dropout=0.0, init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    lora = [p for n, p in peft_model.named_parameters() if "lora_" in n]
+    out = []
+    for i, name in enumerate(names):
+        generator = torch.Generator().manual_seed(seed * 100_003 + i)
+        with torch.no_grad():
+            for p in lora:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+        peft_model.save_pretrained(out_root / name)
+        out.append(out_root / name)
+    return out
+
+
+class Publisher:
+    """Stores adapters as new versions and announces them on ``adapter-updates``, as the
+    trainer does, over one producer."""
+
+    def __init__(self, store: AdapterStore, bootstrap: str, base_model: str,
+                 topic: str = "adapter-updates") -> None:
+        from kafka import KafkaProducer
+
+        self.store, self.base_model, self.topic = store, base_model, topic
+        self._producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                       enable_idempotence=True)
+
+    def publish(self, user_id: str, adapter_dir: Path) -> AdapterManifest:
+        manifest = self.store.publish(user_id, adapter_dir, self.base_model)
+        record = AdapterUpdateRecord(user_id=user_id, version=manifest.version,
+                                     sha256=manifest.sha256, base_model=manifest.base_model,
+                                     created_at=time.time())
+        self._producer.send(self.topic, key=user_id.encode(),
+                            value=record.to_json()).get(timeout=30)
+        return manifest
+
+    def close(self) -> None:
+        self._producer.close(timeout=10)
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100), linear between closest ranks; nan when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    low, high = int(pos), min(int(pos) + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def machine() -> dict[str, Any]:
+    """What ran the benchmark, including how busy the host was."""
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {"host": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "memory_gib": round(mem_kb / 2**20, 1), "python": platform.python_version(),
+            "at_start": _AT_START,
+            "at_end": {"load_average": os.getloadavg(), "cpu_pressure_avg60": cpu_pressure()}}
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain fixed-width table."""
+    def cell(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) and abs(v) < 1e-2 and v else (
+            f"{v:,.2f}" if isinstance(v, float) else str(v))
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def write_result(name: str, settings: dict[str, Any], payload: dict[str, Any],
+                 out: str | Path | None = None) -> Path:
+    """Write ``bench/results/<name>.json`` (or ``out``) with the date and the machine."""
+    path = Path(out) if out else RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"benchmark": name, "date": time.strftime("%Y-%m-%d"),
+            "time": time.strftime("%H:%M:%S"), "machine": machine(), "settings": settings,
+            **payload}
+    path.write_text(json.dumps(body, indent=2, default=str))
+    print(f"wrote {path}", flush=True)
+    return path
+
+
+class Deadline:
+    """A wall-clock budget for a whole benchmark run."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self._end - time.monotonic()
+
+    def passed(self) -> bool:
+        return self.left() <= 0

@@ -1,0 +1,262 @@
+"""One PPO update: ours (trainer/ppo.py) vs TRL's PPOTrainer, same model, batch, lengths.
+
+    python -m bench.ppo                                   # SmolLM2-135M, about 4-5 min
+    python -m bench.ppo --model .cache/test-models/tiny-llama --updates 3   # quick
+
+TRL dropped PPO after 1.12 (``trl.experimental.ppo``, removed in 1.13), so the
+``bench`` extra pins trl==1.12.0. Both sides run on the CPU in fp32 with the same
+settings: a LoRA policy (r=8 on q_proj/v_proj) whose reference is the same model
+with the adapter disabled, ``--batch`` prompts per rollout, ``--mini-batch``
+sequences per gradient step, ``--epochs`` PPO epochs, exactly ``--tokens`` sampled
+tokens per completion (ours: EOS suppressed; TRL: no stop token, so its generation
+never ends early), the same reward model: the base model with a scalar head
+(``AutoModelForSequenceClassification``, as TRL requires), and ``--threads`` torch
+threads.
+
+What differs is each implementation's design, and is what is measured: TRL keeps
+a separate value model (a second copy of the base model with a head, fully trained,
+its default) and takes the rollout log-probabilities from ``generate``'s scores;
+ours puts a linear value head on the policy's own last hidden state (one forward
+gives log-probs and values) and recomputes rollout log-probabilities with a forward
+pass. The two run in one process and alternate update by update (TRL's callback
+runs one of ours between its updates, outside TRL's timing), so a busy host slows
+both alike; each side's first update is an untimed warm-up, then ``--updates``
+timed ones, and the table shows the median. ``--trl-frozen-value`` adds a TRL run
+whose value backbone is frozen (only its head trains), closer to our value head;
+``--minilm`` times ours with the production reward model (frozen MiniLM + heads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import DEFAULT_MODEL, PROMPTS, Deadline, median, settle, table, write_result
+
+ChatPrompt = list[dict[str, str]]
+
+
+def chats(n: int) -> list[ChatPrompt]:
+    return [[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}] for i in range(n)]
+
+
+def load_tokenizer(model: str):  # type: ignore[no-untyped-def]
+    """The tokenizer both sides use; its pad token must differ from EOS (TRL masks by it)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        tok.pad_token = tok.convert_ids_to_tokens(0)
+    tok.padding_side = "left"
+    return tok
+
+
+def reward_model(model: str, pad_id: int):  # type: ignore[no-untyped-def]
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_pretrained(model, num_labels=1,
+                                                            dtype=torch.float32)
+    rm.config.pad_token_id = pad_id
+    rm.requires_grad_(False)
+    return rm.eval()
+
+
+# --- ours ----------------------------------------------------------------------------------
+
+
+class Ours:
+    """Our PPOTrainer on a PolicyPool, ready to run one update at a time."""
+
+    def __init__(self, args: argparse.Namespace, minilm: bool) -> None:
+        from trainer.policy_pool import PolicyPool
+        from trainer.ppo import PPOConfig, PPOTrainer
+
+        cfg = PPOConfig(batch_size=args.batch, mini_batch_size=args.mini_batch,
+                        ppo_epochs=args.epochs, max_new_tokens=args.tokens, lr=1e-4,
+                        temperature=1.0, max_resident_users=1)
+        self.pool = PolicyPool.from_pretrained(args.model, cfg)
+        tok = load_tokenizer(args.model)
+        self.pool.tokenizer = tok
+        self.ppo = PPOTrainer(self.pool, cfg)
+        self.ppo.generation.min_new_tokens = args.tokens  # EOS suppressed: full completions
+        self.prompts = chats(args.batch)
+        self.lengths: list[float] = []
+        if minilm:
+            from trainer.reward_model import PersonalRewardModel, RewardModelConfig
+
+            prm = PersonalRewardModel(RewardModelConfig())
+
+            def reward_fn(prompts: list[str], completions: list[str]) -> torch.Tensor:
+                return prm.score("bench", prompts, completions)
+        else:
+            rm = reward_model(args.model, tok.pad_token_id)
+
+            @torch.no_grad()
+            def reward_fn(prompts: list[str], completions: list[str]) -> torch.Tensor:
+                batch = tok([p + c for p, c in zip(prompts, completions, strict=True)],
+                            return_tensors="pt", padding=True, padding_side="right",
+                            add_special_tokens=False)
+                return rm(**batch).logits[:, 0]
+        self.reward_fn = reward_fn
+
+    def update(self) -> float:
+        """One PPO iteration (rollout, scores, evaluation, GAE, epochs); its seconds."""
+        start = time.perf_counter()
+        run = self.ppo.train_user("bench-user", self.prompts, self.reward_fn, steps=1)
+        seconds = time.perf_counter() - start
+        self.lengths.append(run.history[-1].response_length)
+        return seconds
+
+    def result(self, times: list[float]) -> dict[str, Any]:
+        trainable = sum(p.numel() for p in self.pool.trainable_parameters("bench-user"))
+        return {"update_s": times, "response_length": median(self.lengths),
+                "trainable_params": trainable}
+
+
+def run_ours(args: argparse.Namespace, minilm: bool) -> dict[str, Any]:
+    ours = Ours(args, minilm)
+    times = [ours.update() for _ in range(args.updates + 1)][1:]  # the first is the warm-up
+    return ours.result(times)
+
+
+# --- TRL -----------------------------------------------------------------------------------
+
+
+def run_trl(args: argparse.Namespace, frozen_value: bool,
+            between: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """TRL's PPOTrainer.train() for ``updates`` + 1 updates; ``between()`` runs after each
+    update, outside the timed span (to interleave the other implementation)."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        TrainerCallback,
+    )
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    tok = load_tokenizer(args.model)
+    policy = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    value = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=1,
+                                                               dtype=torch.float32)
+    for m in (policy, value):
+        m.config.pad_token_id = tok.pad_token_id
+    if frozen_value:
+        value.requires_grad_(False)
+        value.score.requires_grad_(True)
+    rendered = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                for c in chats(args.batch)]
+    data = Dataset.from_dict({"input_ids": [tok(r, add_special_tokens=False)["input_ids"]
+                                            for r in rendered]})
+    steps: list[float] = []
+    mark = [0.0]
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a: Any, **k: Any) -> None:
+            mark[0] = time.perf_counter()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            steps.append(time.perf_counter() - mark[0])
+            between()
+            mark[0] = time.perf_counter()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = PPOConfig(
+            output_dir=tmp, per_device_train_batch_size=args.batch,
+            gradient_accumulation_steps=1, num_mini_batches=args.batch // args.mini_batch,
+            num_ppo_epochs=args.epochs, response_length=args.tokens,
+            total_episodes=args.batch * (args.updates + 1),
+            local_rollout_forward_batch_size=args.batch, learning_rate=1e-4, kl_coef=0.05,
+            cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95,
+            temperature=1.0, stop_token=None, missing_eos_penalty=None, whiten_rewards=False,
+            num_sample_generations=0, report_to="none", save_strategy="no", logging_steps=1,
+            use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False, seed=0,
+            lr_scheduler_type="constant", dataloader_num_workers=0)
+        trainer = PPOTrainer(
+            args=config, processing_class=tok, model=policy, ref_model=None,
+            reward_model=reward_model(args.model, tok.pad_token_id), train_dataset=data,
+            value_model=value, callbacks=[Clock()],
+            peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                   lora_dropout=0.0, task_type="CAUSAL_LM"))
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        trainer.train()
+    # no stop token: every completion runs to response_length (a sampled pad id would end it)
+    return {"update_s": steps[1:], "response_length": float(args.tokens),
+            "trainable_params": trainable}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--batch", type=int, default=8, help="prompts per rollout")
+    p.add_argument("--mini-batch", type=int, default=4, help="sequences per gradient step")
+    p.add_argument("--epochs", type=int, default=2, help="PPO epochs per update")
+    p.add_argument("--tokens", type=int, default=48, help="sampled tokens per completion")
+    p.add_argument("--updates", type=int, default=3, help="timed updates per side")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: the trainer's setting in the local stack, and "
+                        "steadier on a shared host)")
+    p.add_argument("--trl-frozen-value", action="store_true",
+                   help="also TRL with a frozen value backbone (not interleaved)")
+    p.add_argument("--minilm", action="store_true",
+                   help="also ours with the production reward model (not interleaved)")
+    p.add_argument("--max-seconds", type=float, default=600, help="skip runs left after this")
+    p.add_argument("--out", default="")
+    args = p.parse_args()
+    settle()
+    torch.set_num_threads(args.threads)
+    budget = Deadline(args.max_seconds)
+    rows = []
+
+    # 1. ours and TRL alternate, update by update, so a busy host slows both alike
+    ours = Ours(args, minilm=False)
+    ours_times: list[float] = []
+    trl = run_trl(args, frozen_value=False, between=lambda: ours_times.append(ours.update()))
+    for name, result in (("ours", ours.result(ours_times[1:])), ("trl", trl)):
+        rows.append({"implementation": name, "interleaved": True, **result})
+        print(f"{name}: {result['update_s']}", flush=True)
+    # each of ours ran right after one of TRL's: the ratio of each such pair
+    paired = [o / t for o, t in zip(ours_times[1:], trl["update_s"], strict=False)]
+    print(f"paired ratios ours/TRL: {[round(x, 2) for x in paired]}", flush=True)
+
+    # 2. variants, one after the other
+    extra: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+    if args.trl_frozen_value:
+        extra.append(("trl, value backbone frozen", lambda: run_trl(args, frozen_value=True)))
+    if args.minilm:
+        extra.append(("ours, MiniLM personal reward", lambda: run_ours(args, minilm=True)))
+    for name, run in extra:
+        if budget.passed():
+            print(f"time budget used up: {name} skipped", flush=True)
+            continue
+        result = run()
+        gc.collect()
+        rows.append({"implementation": name, "interleaved": False, **result})
+        print(f"{name}: {result['update_s']}", flush=True)
+    for r in rows:
+        r["median_update_s"] = median(r["update_s"])
+    trl_s = next((r["median_update_s"] for r in rows if r["implementation"] == "trl"), None)
+    for r in rows:
+        r["vs_trl"] = r["median_update_s"] / trl_s if trl_s else float("nan")
+    print(table(["implementation", "update s (median)", "vs TRL", "min s", "max s", "tokens",
+                 "trainable params", "updates"],
+                [[r["implementation"], r["median_update_s"], r["vs_trl"], min(r["update_s"]),
+                  max(r["update_s"]), r["response_length"], f"{r['trainable_params']:,}",
+                  len(r["update_s"])] for r in rows]))
+    settings = vars(args) | {"model_dir": str(Path(args.model).resolve().name),
+                             "torch": torch.__version__}
+    write_result("ppo", settings, {"rows": rows, "paired_ratios": paired,
+                                   "paired_ratio_median": median(paired)}, args.out or None)
+
+
+if __name__ == "__main__":
+    main()
