@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -49,17 +50,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def wait_serving(target: str, procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+def wait_serving(target: str, procs: list[subprocess.Popen[bytes]], timeout_s: float,
+                 should_stop: Callable[[], bool] = lambda: False) -> bool:
+    """True once the server reports SERVING; False if ``should_stop`` turned true first."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
+            if should_stop():
+                return False
             if any(p.poll() is not None for p in procs):
                 raise RuntimeError("a child process exited during start-up; see its log")
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
+                    return True
             except grpc.RpcError:
                 pass
             time.sleep(0.5)
@@ -134,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         trainer = not args.no_trainer and importlib.util.find_spec("trainer.service") is not None
         if trainer:
             procs.append(_spawn("trainer.service", env, state / "trainer.log"))
-        wait_serving(f"{args.host}:{args.port}", procs, args.ready_timeout)
+        if not wait_serving(f"{args.host}:{args.port}", procs, args.ready_timeout,
+                            lambda: stopping):
+            return 130  # Ctrl-C during start-up: the children are stopped below
         auth = _auth_line(args)
         print(f"\npersonalize is up\n  gRPC      {args.host}:{args.port}"
               f"  (personalize.v1.Assistant)\n  metrics   http://127.0.0.1:{args.metrics_port}/metrics"

@@ -18,6 +18,9 @@ from tests.support.tiny_model import build_tiny_model
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+# 1 GiB of KV cache per engine (vLLM's CPU default is 4 GiB): the tiny test models need
+# little, and a session may run two engines at once (the shared one and a stack's).
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 

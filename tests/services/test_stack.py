@@ -51,5 +51,9 @@ def test_stack_serves_and_stops_on_ctrl_c(tiny_model_dir: Path, tmp_path: Path) 
             assert not Path(f"/proc/{child}").exists() or \
                 "zombie" in Path(f"/proc/{child}/status").read_text(), f"child {child} left"
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # a failed run still stops the stack's children
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
