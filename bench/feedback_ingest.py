@@ -76,12 +76,13 @@ def timed_threads(n: int, seconds: float, call: Callable[[int], None]) -> dict[s
             "p99_ms": 1000 * percentile(flat, 99)}
 
 
-def server_pid(root_pid: int) -> int | None:
+def server_pid(root_pid: int, needle: str) -> int | None:
+    """The pid of the stack's child process whose command line holds ``needle``."""
     import psutil
 
     for child in psutil.Process(root_pid).children(recursive=True):
         try:
-            if "services.server" in " ".join(child.cmdline()):
+            if needle in " ".join(child.cmdline()):
                 return child.pid
         except psutil.Error:
             continue
@@ -126,7 +127,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="length of one pass")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--profile", action="store_true",
-                   help="one more gRPC pass sampled with py-spy (server and client)")
+                   help="one more gRPC pass: CPU use of server, client and broker, and where "
+                        "the server's and client's Python time goes (py-spy)")
     p.add_argument("--out", default="")
     args = p.parse_args()
     settle()
@@ -168,10 +170,13 @@ def main() -> None:
                 f"{k} {v[-1]['per_s']:.0f}/s" for k, v in passes.items()), flush=True)
         profile = {}
         if args.profile:
-            pids = {"server": server_pid(stack.proc.pid), "client (this process)": os.getpid()}
+            pids = {"server": server_pid(stack.proc.pid, "services.server"),
+                    "client (this process)": os.getpid()}
+            broker = server_pid(stack.proc.pid, "tansu")
             profile = profile_engine(
                 {k: v for k, v in pids.items() if v}, lambda: timed_threads(
-                    args.concurrency, args.seconds, via_grpc), parts=SERVER_PARTS)
+                    args.concurrency, args.seconds, via_grpc), parts=SERVER_PARTS, gil=True,
+                cpu_only={"broker": broker} if broker else None)
         producer.close(timeout=10)
         for c in clients:
             c.close()
@@ -187,7 +192,10 @@ def main() -> None:
                 [[r["writer"], r["per_s"], r["grpc_vs_this"], r["p50_ms"], r["p99_ms"],
                   r["errors"]] for r in rows]))
     for name, prof in profile.items():
-        print(f"\n{name}: samples by part ({prof['samples']} samples)")
+        print(f"\n{name}: {prof['cpu_percent']:.0f}% CPU")
+        if "shares" not in prof:
+            continue
+        print(f"Python time (GIL held) by part ({prof['samples']} samples)")
         print(table(["part", "share"], [[k, v] for k, v in prof["shares"].items()]))
     write_result("feedback_ingest", vars(args), {"rows": rows, "profile": profile,
                                                  "stack_start_s": stack.started_s},

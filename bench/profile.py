@@ -89,26 +89,32 @@ def classify(stack: list[str], parts: tuple[tuple[str, tuple[str, ...]], ...] = 
 
 def summarize(raw: str, parts: tuple[tuple[str, tuple[str, ...]], ...] = PARTS
               ) -> dict[str, Any]:
-    """Shares of samples per part, and the innermost vLLM frames that cost most."""
-    parts: collections.Counter[str] = collections.Counter()
+    """Shares of samples per part, and the innermost frames that cost most."""
+    by_part: collections.Counter[str] = collections.Counter()
     frames: collections.Counter[str] = collections.Counter()
     for line in raw.splitlines():
         stack_text, _, count = line.rpartition(" ")
         if not stack_text or not count.isdigit():
             continue
         part, frame = classify(stack_text.split(";"), parts)
-        parts[part] += int(count)
+        by_part[part] += int(count)
         frames[frame] += int(count)
-    total = sum(parts.values()) or 1
-    return {"samples": sum(parts.values()),
-            "shares": {k: round(v / total, 3) for k, v in parts.most_common()},
+    total = sum(by_part.values()) or 1
+    return {"samples": sum(by_part.values()),
+            "shares": {k: round(v / total, 3) for k, v in by_part.most_common()},
             "top_frames": {k: round(v / total, 3) for k, v in frames.most_common(12)}}
 
 
 def profile_engine(pids: dict[str, int], work: Callable[[], Any], rate: int = 50,
-                   parts: tuple[tuple[str, tuple[str, ...]], ...] = PARTS) -> dict[str, Any]:
+                   parts: tuple[tuple[str, tuple[str, ...]], ...] = PARTS,
+                   gil: bool = False, cpu_only: dict[str, int] | None = None
+                   ) -> dict[str, Any]:
     """Sample every process of ``pids`` while ``work()`` runs: {name: summary}; {} when
-    py-spy is missing."""
+    py-spy is missing. ``gil``: only threads holding the GIL (Python CPU time, not
+    threads blocked in C calls); each summary also has the process's CPU use in %, and
+    ``cpu_only`` processes (not Python, e.g. the broker) get only that."""
+    import psutil
+
     binary = py_spy()
     if binary is None or not pids:
         print("py-spy not installed (pip install -e '.[bench]'): no profile", flush=True)
@@ -117,12 +123,17 @@ def profile_engine(pids: dict[str, int], work: Callable[[], Any], rate: int = 50
         outs = {name: Path(tmp) / f"{name}.txt" for name in pids}
         procs = [subprocess.Popen([binary, "record", "--format", "raw", "--rate", str(rate),
                                    "--nonblocking", "--output", str(outs[name]),
-                                   "--pid", str(pid)],
+                                   "--pid", str(pid), *(["--gil"] if gil else [])],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for name, pid in pids.items()]
         time.sleep(1.0)
+        watched = {name: psutil.Process(pid)
+                   for name, pid in (pids | (cpu_only or {})).items()}
+        for proc in watched.values():
+            proc.cpu_percent(None)
         try:
             work()
+            cpu = {name: proc.cpu_percent(None) for name, proc in watched.items()}
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGINT)
@@ -132,5 +143,6 @@ def profile_engine(pids: dict[str, int], work: Callable[[], Any], rate: int = 50
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        return {name: summarize(out.read_text(), parts) for name, out in outs.items()
-                if out.exists()}
+        summaries = {name: summarize(out.read_text(), parts) if out.exists() else {}
+                     for name, out in outs.items()}
+        return {name: summaries.get(name, {}) | {"cpu_percent": cpu[name]} for name in watched}

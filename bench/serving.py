@@ -161,6 +161,8 @@ def main() -> None:
                  for r in result["rows"]]))
     for n, by_process in result["profile"].items():
         for name, prof in by_process.items():
+            if "shares" not in prof:
+                continue
             print(f"\n{name} process, {n if n != '0' else 'base'} adapters: samples by part "
                   f"({prof['samples']} samples)")
             print(table(["part", "share"], [[k, v] for k, v in prof["shares"].items()]))
