@@ -75,6 +75,7 @@ clean:
 BENCH_STAMP := $(VENV)/.bench-installed
 PERF_BENCHES := serving hot_swap feedback_ingest ppo reward_model scale feedback_to_adapter
 BENCH_ARGS_serving ?= --profile
+BENCH_ARGS_feedback_ingest ?= --profile
 BENCH_ARGS_feedback_to_adapter ?= --open-gate
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)

@@ -1,14 +1,15 @@
 """Scale: trainer resident memory and per-user turn latency with 10, 100 and 1,000 users.
 
-    python -m bench.scale          # about 5-6 min on 2 cores
+    python -m bench.scale          # about 5-10 min on 2 cores
 
 The real learner (trainer/learner.py) runs in this process: the real reward model
 (frozen MiniLM, shared head, per-user heads, embedding cache), per-user LoRA PPO,
 the publish gate and the adapter store, in a temporary state directory. Users are
 added one turn at a time; each has its own prompts (3 prompts x 3 ranked answers ->
 9 pairs), so every structure keyed by user or by text sees new keys. At each level
-the table shows the process RSS (after a GC) and the median wall time of the last
-``--window`` turns (each a new user's first turn).
+the table shows the process RSS (after a GC), the RSS once glibc has returned its
+free heap pages (``malloc_trim``: what the process really holds), and the median
+wall time of the last ``--window`` turns (each a new user's first turn).
 
 Small settings keep 1,000 turns inside the budget, and are the point of the run:
 the tiny test policy (a 2-layer Llama built by tests/support/tiny_model.py), PPO
@@ -23,6 +24,7 @@ production turn (see bench.ppo for that).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import tempfile
 import time
@@ -51,6 +53,16 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def trimmed_rss_mb() -> float:
+    """RSS after glibc returns its free heap pages to the OS (``malloc_trim``): what the
+    process really holds, without the allocator's retained free memory."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return float("nan")
+    return rss_mb()
 
 
 def user_examples(user: str, n_prompts: int = 3) -> UserExamples:
@@ -100,7 +112,9 @@ def snapshot(learner: Learner, users: int, turn_s: list[float], window: int,
     gc.collect()
     rm, ppo = learner._rm, learner._ppo
     assert rm is not None and ppo is not None
-    return {"users": users, "rss_mb": rss_mb(), "turn_median_s": median(turn_s[-window:]),
+    rss = rss_mb()
+    return {"users": users, "rss_mb": rss, "rss_trimmed_mb": trimmed_rss_mb(),
+            "turn_median_s": median(turn_s[-window:]),
             "turn_max_s": max(turn_s[-window:]), "elapsed_s": time.perf_counter() - started,
             "shared_sample": len(learner._shared),
             "embedding_cache": rm.encoder.cached_entries(),
@@ -124,7 +138,7 @@ def main() -> None:
                    help="resident reward heads (default 10,000 in production)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the trainer's "
                    "default in the local stack)")
-    p.add_argument("--max-seconds", type=float, default=420, help="stop adding users after")
+    p.add_argument("--max-seconds", type=float, default=600, help="stop adding users after")
     p.add_argument("--out", default="")
     args = p.parse_args()
     settle()
@@ -157,9 +171,10 @@ def main() -> None:
             if u in levels:
                 rows.append(snapshot(learner, u, turn_s, args.window, started))
                 print(rows[-1], flush=True)
-    print(table(["users", "RSS MB", "turn s (median)", "turn s (max)", "shared sample",
-                 "emb. cache", "reward heads", "adapters"],
-                [[r["users"] or "after load", r["rss_mb"], r["turn_median_s"], r["turn_max_s"],
+    print(table(["users", "RSS MB", "RSS trimmed MB", "turn s (median)", "turn s (max)",
+                 "shared sample", "emb. cache", "reward heads", "adapters"],
+                [[r["users"] or "after load", r["rss_mb"], r["rss_trimmed_mb"],
+                  r["turn_median_s"], r["turn_max_s"],
                   r["shared_sample"], r["embedding_cache"], r["reward_heads"],
                   r["policy_adapters"]] for r in rows]))
     write_result("scale", vars(args), {"rows": rows, "decisions": decisions,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 __all__ = ["POOLINGS", "RewardModelConfig", "TrainMetrics"]
+
+logger = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "cls")
 """Ways to pool token states into one embedding: mean over real tokens, or the first token."""
@@ -42,7 +45,8 @@ class RewardModelConfig:
     head: a hash-chosen sample (``trainer.shared_sample``), so memory and the cost of a
     ``train_shared`` call stay flat as users are added."""
     shared_max_examples_per_user: int = 128
-    """Most examples of one user in that sample."""
+    """Most examples of one user in that sample. Keep ``embedding_cache_size`` at least twice
+    ``shared_max_examples`` (a pair has two texts), or the sample is re-encoded every turn."""
     user_lr: float = 2e-2
     """Adam learning rate of a user's head."""
     user_l2: float = 1e-3
@@ -77,6 +81,10 @@ class RewardModelConfig:
             raise ValueError(f"RewardModelConfig.pooling must be one of {POOLINGS}")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ValueError("RewardModelConfig.heldout_fraction must be in [0, 1)")
+        if 0 < self.embedding_cache_size < 2 * self.shared_max_examples:
+            logger.warning("embedding_cache_size %s < 2 x shared_max_examples %s: the cache cannot "
+                           "hold the shared sample's texts, so every train_shared re-encodes them",
+                           self.embedding_cache_size, self.shared_max_examples)
 
 
 @dataclass(frozen=True)

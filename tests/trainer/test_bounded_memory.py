@@ -83,6 +83,14 @@ def test_sample_refuses_nonsense_bounds() -> None:
         RewardModelConfig(shared_max_examples=0)
 
 
+def test_config_warns_when_the_cache_cannot_hold_the_shared_sample(
+        caplog: pytest.LogCaptureFixture) -> None:
+    RewardModelConfig()
+    assert not caplog.records  # the defaults fit: 20,000 rows >= 2 x 2,048 examples
+    RewardModelConfig(embedding_cache_size=1000, shared_max_examples=2048)
+    assert "re-encodes" in caplog.text
+
+
 # --- the learner hands train_shared only the bounded sample --------------------------------
 
 
