@@ -11,10 +11,8 @@ import contextlib
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -22,11 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from services.broker import free_port
 from services.records import AdapterUpdateRecord
+from services.stack import child_stack
 from services.store import AdapterManifest, AdapterStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,21 +94,6 @@ class StackHandle:
                    if line.split("{")[0].split(" ")[0] == name)
 
 
-def _wait_serving(target: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the stack exited with code {proc.returncode}")
-            with contextlib.suppress(grpc.RpcError):
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            time.sleep(0.5)
-    raise TimeoutError(f"{target} not serving after {timeout_s:.0f}s")
-
-
 @contextlib.contextmanager
 def private_stack(model: str, *, trainer: bool = False, env: dict[str, str] | None = None,
                   ready_timeout_s: float = 300.0, keep_dir: Path | None = None
@@ -123,7 +104,7 @@ def private_stack(model: str, *, trainer: bool = False, env: dict[str, str] | No
         state, store = root / "state", root / "store"
         state.mkdir(parents=True, exist_ok=True)
         port, broker, metrics = free_port(), free_port(), free_port()
-        args = [sys.executable, "-m", "services.stack", "--model", model,
+        args = ["--model", model,
                 "--broker-port", str(broker), "--port", str(port),
                 "--metrics-port", str(metrics), "--trainer-metrics-port", str(free_port()),
                 "--adapter-store", str(store), "--state-dir", str(state)]
@@ -131,28 +112,12 @@ def private_stack(model: str, *, trainer: bool = False, env: dict[str, str] | No
             args.append("--no-trainer")
         full_env = {**os.environ, "PERSONALIZE_TRAINER_STATE_DIR": str(state / "trainer"),
                     "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-        started = time.monotonic()
-        with (state / "stack.log").open("ab") as log:
-            proc = subprocess.Popen(args, env=full_env, cwd=REPO, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            _wait_serving(f"127.0.0.1:{port}", proc, ready_timeout_s)
-            yield StackHandle(f"127.0.0.1:{port}", f"127.0.0.1:{broker}", AdapterStore(store),
-                              state, proc, Path(model).resolve().name,
-                              time.monotonic() - started, f"http://127.0.0.1:{metrics}/metrics")
-        finally:
-            _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-    """Ctrl-C the stack (it stops its children and the broker), then make sure."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        started, target = time.monotonic(), f"127.0.0.1:{port}"
+        with child_stack(args, target, full_env, state / "stack.log", ready_timeout_s, 60.0,
+                         cwd=REPO) as proc:
+            yield StackHandle(target, f"127.0.0.1:{broker}", AdapterStore(store), state, proc,
+                              Path(model).resolve().name, time.monotonic() - started,
+                              f"http://127.0.0.1:{metrics}/metrics")
 
 
 # --- synthetic adapters ---------------------------------------------------------------------

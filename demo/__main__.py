@@ -20,7 +20,7 @@ from rich.live import Live
 
 from demo.driver import DriveConfig, Simulation
 from demo.report import write_report
-from demo.stack import DemoStack, StackPorts, TrainerProfile
+from demo.stack import StackPorts, TrainerProfile, demo_stack
 from demo.users import make_users
 from demo.view import LiveView
 from services.client import AssistantClient
@@ -61,9 +61,9 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
     settings = {"model": args.model, "users": args.users, "duration_s": args.duration,
                 "noise": args.noise, **asdict(drive), **asdict(profile)}
     console.print(f"starting the stack (logs in {out / 'stack'}) ...")
-    with DemoStack(args.model, out, ports, profile) as stack, \
-            AssistantClient(stack.target, timeout_s=300) as client:
-        console.print(f"stack up at {stack.target}; measuring the base model ...")
+    with demo_stack(args.model, out, ports, profile) as target, \
+            AssistantClient(target, timeout_s=300) as client:
+        console.print(f"stack up at {target}; measuring the base model ...")
         sim = Simulation(client, users, drive)
         view = LiveView(sim, args.duration)
         sim.on_event = view.event if not args.headless else console.log

@@ -3,14 +3,13 @@ ports and folders, with trainer settings sized for a short run on a small CPU ho
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
-import subprocess
-import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from services.stack import wait_serving
+from services.stack import child_stack
 
 
 @dataclass(frozen=True)
@@ -48,44 +47,19 @@ class TrainerProfile:
                 for f in fields(self)}
 
 
-class DemoStack:
-    """Starts on enter (waits for SERVING), stops everything on exit."""
-
-    def __init__(self, model: str, out: Path, ports: StackPorts, profile: TrainerProfile,
-                 ready_timeout_s: float = 600.0) -> None:
-        self._model = model
-        self._out = out
-        self._ports = ports
-        self._profile = profile
-        self._ready_timeout = ready_timeout_s
-        self._proc: subprocess.Popen[bytes] | None = None
-        self.target = f"127.0.0.1:{ports.grpc}"
-
-    def __enter__(self) -> DemoStack:
-        p, logs = self._ports, self._out / "stack"
-        logs.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self._profile.env(),
-               "PERSONALIZE_TRAINER_STATE_DIR": str(self._out / "trainer-state")}
-        cmd = [sys.executable, "-m", "services.stack", "--model", self._model,
-               "--port", str(p.grpc), "--metrics-port", str(p.metrics),
-               "--trainer-metrics-port", str(p.trainer_metrics), "--broker-port", str(p.broker),
-               "--adapter-store", str(self._out / "adapters"), "--state-dir", str(logs)]
-        with (logs / "stack.log").open("ab") as log:
-            self._proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
-        try:
-            wait_serving(self.target, [self._proc], self._ready_timeout)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self._proc.send_signal(signal.SIGINT)
-        try:
-            self._proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
+@contextlib.contextmanager
+def demo_stack(model: str, out: Path, ports: StackPorts, profile: TrainerProfile,
+               ready_timeout_s: float = 600.0) -> Iterator[str]:
+    """The stack on ``ports`` with its store and logs under ``out``; yields the gRPC
+    target once it is SERVING and stops everything on exit."""
+    logs = out / "stack"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **profile.env(),
+           "PERSONALIZE_TRAINER_STATE_DIR": str(out / "trainer-state")}
+    argv = ["--model", model, "--port", str(ports.grpc), "--metrics-port", str(ports.metrics),
+            "--trainer-metrics-port", str(ports.trainer_metrics),
+            "--broker-port", str(ports.broker), "--adapter-store", str(out / "adapters"),
+            "--state-dir", str(logs)]
+    target = f"127.0.0.1:{ports.grpc}"
+    with child_stack(argv, target, env, logs / "stack.log", ready_timeout_s, 90.0):
+        yield target

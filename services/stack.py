@@ -9,6 +9,7 @@ Every PERSONALIZE_* environment variable is passed on to the children.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import logging
 import os
@@ -16,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -69,6 +70,30 @@ def wait_serving(target: str, procs: list[subprocess.Popen[bytes]], timeout_s: f
                 pass
             time.sleep(0.5)
     raise TimeoutError(f"server at {target} not serving after {timeout_s:.0f}s")
+
+
+@contextlib.contextmanager
+def child_stack(argv: list[str], target: str, env: dict[str, str], log_path: Path,
+                ready_timeout_s: float, stop_timeout_s: float,
+                cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """``personalize-stack`` with ``argv`` in a child process, yielded once ``target``
+    reports SERVING. On exit it is Ctrl-C'd (it stops its children and the broker) and,
+    past ``stop_timeout_s``, killed with its process group."""
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "services.stack", *argv], env=env,
+                                cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        wait_serving(target, [proc], ready_timeout_s)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def _spawn(module: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
