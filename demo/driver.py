@@ -44,8 +44,9 @@ class DriveConfig:
     poll_s: float = 5.0
     """How often the users' status is read."""
     max_backlog: int = 16
-    """Feedback events a user lets the trainer fall behind before waiting for it, as a
-    person would wait to see an effect; keeps the CPU for training on a small host."""
+    """Feedback events per labeler a user lets the trainer fall behind before waiting
+    for it, as a person would wait to see an effect; keeps the CPU for training on a
+    small host."""
     seed: int = 0
 
 
@@ -128,7 +129,7 @@ class Simulation:
     def _feedback_loop(self, state: UserState, rng: random.Random) -> None:
         prompts = feedback_prompts()
         while not self._stop.is_set():
-            if state.backlog >= self._cfg.max_backlog:
+            if state.backlog >= self._cfg.max_backlog * len(state.user.labelers):
                 self._stop.wait(1.0)
                 continue
             try:

@@ -23,6 +23,9 @@ class RewardModelConfig:
     """How token states become one embedding: "mean" (over real tokens) or "cls"."""
     normalize: bool = True
     """L2-normalise pooled embeddings (as sentence-transformers does for MiniLM)."""
+    surface_features: bool = True
+    """Give the heads the completion's length and layout next to the embedding
+    (``trainer.reward_features``)."""
     max_length: int = 256
     """Token budget of prompt + completion; the longer one is truncated first."""
     encode_batch_size: int = 32

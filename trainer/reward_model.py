@@ -1,13 +1,16 @@
 """A personal reward model: a shared scalar reward plus a small per-user residual.
 
-reward(user, prompt, completion) = shared_head(e) + user_head(e),  e = pooled encoder embedding
+reward(user, prompt, completion) = shared_head(x) + user_head(x),  x = [e, s]
+
+e is the pooled encoder embedding and s the completion's surface features (length and
+layout, ``trainer.reward_features``; off with ``surface_features=False``).
 
 1. Encoder (``TextEncoder``): a HF encoder (default all-MiniLM-L6-v2) reads the
    (prompt, completion) sentence pair; mean pooling gives e (B, H). It is frozen
    by default, so embeddings are cached and training is cheap on a CPU.
-2. Shared head: ``nn.Linear(H, 1)`` learned from every user's feedback. Its output is
+2. Shared head: ``nn.Linear(H + S, 1)`` learned from every user's feedback. Its output is
    the positive-class logit of a binary "preferred" classifier: the reward.
-3. Per-user head: r_user(e) = e . w_u + b_u, H + 1 floats (~1.5 KB for MiniLM), so
+3. Per-user head: r_user(x) = x . w_u + b_u, H + S + 1 floats (~1.6 KB for MiniLM), so
    thousands of users fit in memory. It is zero-initialised (a new user scores exactly
    like the shared model) and trained with an L2 penalty toward zero (``user_l2``): a
    Gaussian prior centred on the shared model, so a user's reward moves away from the
@@ -43,6 +46,7 @@ from torch import Tensor, nn
 from trainer.reward_config import RewardModelConfig, TrainMetrics
 from trainer.reward_data import Example, PairExample, ThumbExample, split_heldout, stable_hash
 from trainer.reward_encoder import TextEncoder, default_backbone_dir
+from trainer.reward_features import SURFACE_FEATURES, surface_features
 from trainer.reward_losses import pairwise_accuracy_from_rewards, pairwise_loss, thumbs_loss
 from trainer.reward_users import (
     EvictHook,
@@ -74,7 +78,9 @@ class PersonalRewardModel:
             config.backbone or default_backbone_dir(), config.device,
             max_length=config.max_length, pooling=config.pooling, normalize=config.normalize,
             batch_size=config.encode_batch_size, cache_size=config.embedding_cache_size)
-        self.hidden_size = self.encoder.hidden_size
+        self.n_surface = len(SURFACE_FEATURES) if config.surface_features else 0
+        self.hidden_size = self.encoder.hidden_size + self.n_surface
+        """Width of the heads' input x = [embedding, surface features]."""
         self.shared_head = nn.Linear(self.hidden_size, 1).to(self.encoder.device)
         nn.init.zeros_(self.shared_head.weight)
         nn.init.zeros_(self.shared_head.bias)
@@ -179,7 +185,7 @@ class PersonalRewardModel:
         """Minibatch training loop; returns (steps, mean loss of the last epoch, encode s)."""
         encode_start = time.perf_counter()
         if not grad_backbone:  # fill the embedding cache in large batches, once
-            self.encoder.embed(*_texts(items))
+            self.head_inputs(*_texts(items))
         encode_s = time.perf_counter() - encode_start
         generator = torch.Generator().manual_seed(seed % 2**63)
         steps, losses = 0, [float("nan")]
@@ -201,8 +207,8 @@ class PersonalRewardModel:
         """Example-weighted mean of the Bradley-Terry loss (pairs) and BCE (thumbs)."""
         pairs = [e for e in batch if isinstance(e, PairExample)]
         thumbs = [e for e in batch if isinstance(e, ThumbExample)]
-        emb = self.encoder.embed(*_texts([*pairs, *thumbs]), grad=grad_backbone)  # (2P + M, H)
-        r = self._reward(emb, head)  # (2P + M,)
+        x = self.head_inputs(*_texts([*pairs, *thumbs]), grad=grad_backbone)  # (2P + M, H + S)
+        r = self._reward(x, head)  # (2P + M,)
         n_p = len(pairs)
         loss = r.new_zeros(())
         if pairs:
@@ -216,15 +222,23 @@ class PersonalRewardModel:
 
     # --- rewards -------------------------------------------------------------------------
 
-    def _reward(self, emb: Tensor, head: UserHead | None) -> Tensor:
-        """Shared reward plus the user's residual when given: (B, H) -> (B,)."""
-        r = self.shared_head(emb).squeeze(-1)  # (B,)
-        return r if head is None else r + head(emb)
+    def head_inputs(self, prompts: Sequence[str], completions: Sequence[str],
+                grad: bool = False) -> Tensor:
+        """The heads' input x = [embedding (B, H), surface features (B, S)]."""
+        emb = self.encoder.embed(prompts, completions, grad=grad)  # (B, H)
+        if not self.n_surface:
+            return emb
+        return torch.cat([emb, surface_features(completions, emb.device).to(emb.dtype)], 1)
+
+    def _reward(self, x: Tensor, head: UserHead | None) -> Tensor:
+        """Shared reward plus the user's residual when given: (B, H + S) -> (B,)."""
+        r = self.shared_head(x).squeeze(-1)  # (B,)
+        return r if head is None else r + head(x)
 
     def _score(self, head: UserHead | None, prompts: Sequence[str],
                completions: Sequence[str]) -> Tensor:
         with torch.no_grad():
-            return self._reward(self.encoder.embed(prompts, completions), head)  # (B,)
+            return self._reward(self.head_inputs(prompts, completions), head)  # (B,)
 
     def _accuracy(self, head: UserHead | None, pairs: Sequence[PairExample]) -> float | None:
         if not pairs:
@@ -257,17 +271,22 @@ class PersonalRewardModel:
         if self._backbone_tuned:
             state |= {f"backbone.{k}": v for k, v in self.encoder.backbone.state_dict().items()}
         meta = {"format": SHARED_FORMAT, "hidden_size": str(self.hidden_size),
-                "pooling": self.config.pooling, "normalize": str(self.config.normalize)}
+                "pooling": self.config.pooling, "normalize": str(self.config.normalize),
+                "surface_features": ",".join(SURFACE_FEATURES[:self.n_surface])}
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path),
                   metadata=meta)
         return Path(path)
 
     def load_shared(self, path: str | Path) -> None:
-        """Load what ``save_shared`` wrote (same hidden size, pooling and normalisation)."""
+        """Load what ``save_shared`` wrote (same hidden size, pooling, normalisation and
+        surface features)."""
         state, meta = read_safetensors(path, SHARED_FORMAT)
-        if (meta.get("pooling"), meta.get("normalize")) != (self.config.pooling,
-                                                            str(self.config.normalize)):
-            raise ValueError(f"{path} was trained with other pooling/normalisation settings")
+        settings = (self.config.pooling, str(self.config.normalize),
+                    ",".join(SURFACE_FEATURES[:self.n_surface]))
+        saved = (meta.get("pooling"), meta.get("normalize"), meta.get("surface_features", ""))
+        if saved != settings:
+            raise ValueError(f"{path} was trained with other pooling, normalisation or "
+                             "surface-feature settings")
         head = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
         check_state(head, {k: v.shape for k, v in self.shared_head.state_dict().items()})
         self.shared_head.load_state_dict(head)

@@ -1,10 +1,12 @@
 """Per-user reward heads: the tiny residual each user adds to the shared reward, kept in an LRU.
 
-A ``UserHead`` is H + 1 floats (385 for MiniLM, ~1.6 KB as a safetensors file), so
-thousands of users fit in memory. ``UserHeadPool`` keeps at most ``max_resident`` of
-them: ``on_evict(user_id)`` runs while the user is still resident (e.g. to ``save``),
-and ``user_source(user_id)`` names a file written by ``save`` to reload on a miss, as
-in ``trainer.policy_pool``.
+A ``UserHead`` is H + 1 floats (388 for MiniLM with its surface features, ~1.6 KB as
+a safetensors file), so thousands of users fit in memory. ``UserHeadPool`` keeps at
+most ``max_resident`` of them: ``on_evict(user_id)`` runs while the user is still
+resident (e.g. to ``save``), and ``user_source(user_id)`` names a file written by
+``save`` to reload on a miss, as in ``trainer.policy_pool``. A file that does not fit
+(saved with other settings) is ignored with a warning: the head is retrained from the
+user's data on the next turn.
 """
 
 from __future__ import annotations
@@ -70,7 +72,10 @@ class UserHeadPool:
             return self._heads[user_id]
         source = self.user_source(user_id) if self.user_source else None
         if source is not None:
-            self.load(user_id, source)
+            try:
+                self.load(user_id, source)
+            except ValueError as exc:  # e.g. saved with other features: retrained from data
+                logger.warning("ignoring the saved reward head of user %s: %s", user_id, exc)
         return self._heads.get(user_id)
 
     def get_or_create(self, user_id: str) -> UserHead:

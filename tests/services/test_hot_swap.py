@@ -91,7 +91,8 @@ def test_swap_under_load(stub, server, store, broker, tiny_model_dir: Path, tmp_
     versions = [v for v, _ in load.results]
     assert {"", "v2"} <= set(versions), versions
     for version, text in load.results:
-        assert text == expected[version], f"a request on {version or 'base'} got other weights"
+        assert text == expected[version], (
+            f"a request on {version or 'base'} got other weights: {text!r}, expected {expected!r}")
     # base_model=True answers without the adapter, for comparisons
     base = generate(stub, user, PROMPT, max_tokens=24, temperature=0.0, base_model=True)
     assert base.finished[0].adapter_version == "" and base.texts[0] == base_text

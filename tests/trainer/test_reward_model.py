@@ -237,7 +237,7 @@ def test_users_with_little_or_no_data_get_exactly_the_shared_score(trained: Trai
     model = trained.model
     prompts, completions = ["What is inflation?"] * 2, ["Prices rise.", "Money loses value."]
     with torch.no_grad():  # the shared head alone
-        shared = model.shared_head(model.encoder.embed(prompts, completions)).squeeze(-1)
+        shared = model.shared_head(model.head_inputs(prompts, completions)).squeeze(-1)
     few = trained.data["brief"][0][:3]
     newbie = [PairExample("newbie", p.prompt, p.chosen, p.rejected) for p in few]
     metrics = model.train_user("newbie", newbie)
