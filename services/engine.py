@@ -71,6 +71,10 @@ class VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from services.vllm_fixes import check_plugin_enabled, register
+
+        check_plugin_enabled()  # vLLM's own processes load the fixes by the entry point
+        register()
         start = time.perf_counter()
         args = AsyncEngineArgs(
             model=cfg.model, enable_lora=True, max_lora_rank=cfg.max_lora_rank,

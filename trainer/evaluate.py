@@ -13,8 +13,9 @@ from trainer.rollout import ChatMessages, sample_rollout
 
 @torch.no_grad()
 def evaluate(ppo: PPOTrainer, user_id: str, prompts: Sequence[ChatMessages], reward_fn,  # type: ignore[no-untyped-def]
-             samples: int, seed: int = 20_011) -> tuple[float, float]:
-    """(mean score, mean per-sequence KL) of ``samples`` completions per prompt.
+             samples: int, seed: int = 20_011, with_kl: bool = True) -> tuple[float, float]:
+    """(mean score, mean per-sequence KL) of ``samples`` completions per prompt; the KL is
+    NaN without ``with_kl`` (which saves two forward passes).
 
     A fixed seed gives two adapters the same random numbers, so their
     difference is not sampling noise.
@@ -28,6 +29,8 @@ def evaluate(ppo: PPOTrainer, user_id: str, prompts: Sequence[ChatMessages], rew
     mask = rollout.response_mask.float()  # (B, R)
     # 2. score, and KL against the same model with the adapter disabled
     scores = torch.as_tensor(reward_fn(rollout.prompts, rollout.completions)).float()  # (B,)
+    if not with_kl:
+        return scores.mean().item(), float("nan")
     logprobs = policy_forward(model, None, rollout, ppo.config.temperature).logprobs  # (B, R)
     with model.disable_adapter():
         ref = policy_forward(model, None, rollout, ppo.config.temperature).logprobs  # (B, R)

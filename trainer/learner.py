@@ -133,7 +133,7 @@ class Learner:
         candidate = _snapshot(ppo.pool, user_id)
         _restore(ppo.pool, user_id, served)
         old_score, _ = evaluate(ppo, user_id, ex.eval_prompts, reward_fn,
-                                self._cfg.publish.eval_samples)
+                                self._cfg.publish.eval_samples, with_kl=False)
         _restore(ppo.pool, user_id, candidate)
         result = self._decide(user_id, ex, steps, old_score, new_score, new_kl,
                               personal.heldout_accuracy, ppo)

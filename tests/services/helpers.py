@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -38,3 +39,21 @@ def collect(stream) -> Collected:  # type: ignore[no-untyped-def]
 def generate(stub, user_id: str, text: str = "hello", metadata=None, **kwargs) -> Collected:  # type: ignore[no-untyped-def]
     return collect(stub.Generate(chat_request(user_id, text, **kwargs), timeout=120,
                                  metadata=metadata))
+
+
+PROMPT = "tell me about the sea"
+
+
+def greedy(stub, user: str, tokens: int = 24) -> Collected:  # type: ignore[no-untyped-def]
+    return generate(stub, user, PROMPT, max_tokens=tokens, temperature=0.0)
+
+
+def wait_for_version(stub, user: str, version: str, timeout_s: float = 30.0) -> Collected:  # type: ignore[no-untyped-def]
+    """Greedy answers for ``user`` until one comes from ``version``; that answer."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        out = greedy(stub, user)
+        if out.finished[0].adapter_version == version:
+            return out
+        time.sleep(0.1)
+    raise AssertionError(f"{user} never served {version}")

@@ -11,24 +11,8 @@ import grpc
 import pytest
 
 from services.store import AdapterStore
-from tests.services.helpers import Collected, generate
+from tests.services.helpers import PROMPT, generate, greedy, wait_for_version
 from tests.support.adapters import corrupt_manifest_sha, make_adapter, publish
-
-PROMPT = "tell me about the sea"
-
-
-def greedy(stub, user: str, tokens: int = 24) -> Collected:  # type: ignore[no-untyped-def]
-    return generate(stub, user, PROMPT, max_tokens=tokens, temperature=0.0)
-
-
-def wait_for_version(stub, user: str, version: str, timeout_s: float = 30.0) -> Collected:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        out = greedy(stub, user)
-        if out.finished[0].adapter_version == version:
-            return out
-        time.sleep(0.1)
-    raise AssertionError(f"{user} never served {version}")
 
 
 @pytest.fixture(scope="module")
