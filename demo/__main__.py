@@ -37,8 +37,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=".cache/models/SmolLM2-135M-Instruct",
                    help="HF model directory served and trained")
     p.add_argument("--out", default="", help="output folder (default demo-output/<time>)")
-    p.add_argument("--noise", type=float, default=0.3,
-                   help="labelers' Gumbel noise on preference scores (default 0.3)")
+    p.add_argument("--noise", type=float, default=0.2,
+                   help="labelers' Gumbel noise on preference scores (default 0.2)")
     p.add_argument("--pause", type=float, default=DriveConfig.pause_s,
                    help="mean seconds each user waits between feedback events")
     p.add_argument("--max-tokens", type=int, default=DriveConfig.max_tokens)

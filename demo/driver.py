@@ -30,7 +30,7 @@ log = logging.getLogger("personalize.demo")
 
 @dataclass(frozen=True)
 class DriveConfig:
-    max_tokens: int = 48
+    max_tokens: int = 32
     """Answer length limit of every request (and of the trainer's samples)."""
     temperature: float = 1.0
     """Sampling temperature of the answers users rate."""
@@ -38,7 +38,7 @@ class DriveConfig:
     """Share of events that are a thumbs on one answer (the rest rank 2-4 candidates)."""
     pause_s: float = 6.0
     """Pause of each user between two feedback events."""
-    eval_samples: int = 2
+    eval_samples: int = 6
     """Seeded samples per held-out prompt when measuring a win rate."""
     eval_temperature: float = 0.7
     poll_s: float = 5.0

@@ -29,18 +29,18 @@ class TrainerProfile:
     """Trainer settings for a demo that must show learning within minutes on a CPU:
     a larger LoRA learning rate, short turns, and every turn judged by the gate."""
 
-    ppo_lr: float = 5e-3
+    ppo_lr: float = 3e-3
     ppo_lam: float = 1.0
-    ppo_max_new_tokens: int = 48
+    ppo_max_new_tokens: int = 32
     ppo_batch_size: int = 8
     ppo_ppo_epochs: int = 2
     ppo_kl_coef: float = 0.05
     schedule_min_pairs: int = 12
     schedule_min_new_feedback: int = 6
     schedule_max_wait_s: float = 60.0
-    schedule_ppo_steps_per_turn: int = 3
+    schedule_ppo_steps_per_turn: int = 4
     publish_eval_prompts: int = 4
-    publish_eval_samples: int = 2
+    publish_eval_samples: int = 4
     publish_kl_bound: float = 30.0
     torch_threads: int = 2
 
