@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ def main() -> None:
     p.add_argument("--json", default="bench/results/learning.json")
     known, rest = p.parse_known_args()
     out = Path("bench/results/learning-run")
+    shutil.rmtree(out, ignore_errors=True)  # every run starts from nothing
     args = parse(["--headless", "--duration", str(known.duration), "--users",
                   str(known.users), "--out", str(out), "--port-base", "50081", *rest])
     started = time.time()

@@ -52,6 +52,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Path]:
     out = Path(args.out or f"demo-output/{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and any(out.iterdir()):  # its adapters and journal would carry over
+        raise SystemExit(f"{out} is not empty: a run starts from nothing; pick another --out")
     out.mkdir(parents=True, exist_ok=True)
     console = Console()
     users = make_users(args.users, args.noise)
