@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -50,7 +51,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> dict[str, Path]:
+    # SIGTERM ends the run like Ctrl-C: the report is written and the stack stopped
+    signal.signal(signal.SIGTERM, _interrupt)
     out = Path(args.out or f"demo-output/{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and any(out.iterdir()):  # its adapters and journal would carry over
         raise SystemExit(f"{out} is not empty: a run starts from nothing; pick another --out")

@@ -26,6 +26,8 @@ from demo.users import SimUser
 from services.client import AssistantClient, Candidate
 
 log = logging.getLogger("personalize.demo")
+CANDIDATES_PER_CALL = 4
+"""Most candidates one Generate call may ask for (the server's default limit)."""
 
 
 @dataclass(frozen=True)
@@ -203,17 +205,22 @@ class Simulation:
         return sum(wins) / len(wins)
 
     def _answers(self, user_id: str, base_model: bool) -> dict[tuple[str, int], Candidate]:
-        """Seeded answers to every held-out prompt, by (prompt, sample)."""
+        """Seeded answers to every held-out prompt, by (prompt, sample); samples are asked
+        for at most ``CANDIDATES_PER_CALL`` at a time (the server's candidate limit)."""
         cfg = self._cfg
+        calls = [(p, i, first) for i, p in enumerate(eval_prompts())
+                 for first in range(0, cfg.eval_samples, CANDIDATES_PER_CALL)]
 
-        def one(item: tuple[int, str]) -> list[Candidate]:
-            i, prompt = item
+        def one(call: tuple[str, int, int]) -> list[Candidate]:
+            prompt, i, first = call
+            n = min(CANDIDATES_PER_CALL, cfg.eval_samples - first)
+            # candidate c of a call is sampled with seed + c: sample first + c overall
             return self._client.complete(
-                user_id, prompt, num_candidates=cfg.eval_samples, max_tokens=cfg.max_tokens,
-                temperature=cfg.eval_temperature, seed=cfg.seed * 7919 + i, base_model=base_model)
+                user_id, prompt, num_candidates=n, max_tokens=cfg.max_tokens,
+                temperature=cfg.eval_temperature, seed=(cfg.seed * 7919 + i) * 1000 + first,
+                base_model=base_model)
 
-        prompts = list(enumerate(eval_prompts()))
-        with ThreadPoolExecutor(len(prompts)) as pool:
-            results = list(pool.map(one, prompts))
-        return {(p, c.index): c for (_, p), cands in zip(prompts, results, strict=True)
+        with ThreadPoolExecutor(len(calls)) as pool:
+            results = list(pool.map(one, calls))
+        return {(p, first + c.index): c for (p, _, first), cands in zip(calls, results, strict=True)
                 for c in cands}

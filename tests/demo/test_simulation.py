@@ -25,7 +25,7 @@ def _wait(predicate, timeout_s: float, events: list[str]) -> None:  # type: igno
 def test_simulated_users_rate_and_measure_a_new_adapter(server, broker, tiny_model_dir: Path,
                                                         tmp_path: Path) -> None:
     users = make_users(3, noise=0.3, prefix=f"sim{time.time_ns() % 10**6}")
-    cfg = DriveConfig(max_tokens=12, pause_s=0.05, eval_samples=2, poll_s=0.3)
+    cfg = DriveConfig(max_tokens=12, pause_s=0.05, eval_samples=5, poll_s=0.3)  # 2 calls each
     events: list[str] = []
     with AssistantClient(f"127.0.0.1:{server.port}", timeout_s=60) as client:
         sim = Simulation(client, users, cfg, on_event=events.append)
