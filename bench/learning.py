@@ -46,11 +46,13 @@ def _f(x: float | None) -> str:
 
 
 def targets(users: list[dict[str, Any]]) -> dict[str, bool]:
-    rm = [u for u in users if u["rm_accuracy"] is not None]
+    # the first target speaks of users the shared model fails (<= 0.6); with none, unmet
+    failed_by_shared = [u for u in users if u["rm_accuracy"] is not None
+                        and u["rm_accuracy_shared"] is not None
+                        and u["rm_accuracy_shared"] <= 0.6]
     return {
-        "personal_rm_accuracy>=0.9_where_shared<=0.6": bool(rm) and all(
-            u["rm_accuracy"] >= 0.9 for u in rm
-            if u["rm_accuracy_shared"] is not None and u["rm_accuracy_shared"] <= 0.6),
+        "personal_rm_accuracy>=0.9_where_shared<=0.6": bool(failed_by_shared) and all(
+            u["rm_accuracy"] >= 0.9 for u in failed_by_shared),
         "win_rate>=0.75_within_200_events": all(
             u["events_to_75"] is not None and u["events_to_75"] <= 200 for u in users),
         "leakage<=5_points": all(u["leakage_points"] <= 5 for u in users),
