@@ -176,9 +176,7 @@ class Simulation:
 
     def _refresh(self, state: UserState) -> None:
         status = self._client.status(state.user.user_id)
-        # measured on held-out pairs by a turn that trained the reward model (a turn still
-        # waiting for data reports 0)
-        if status.preference_pairs and not status.last_publish_decision.startswith("waiting"):
+        if status.reward_model_heldout_pairs:  # else the accuracies were not measured
             state.rm_accuracy = status.reward_model_accuracy
             state.rm_accuracy_shared = status.reward_model_shared_accuracy
         state.decision = status.last_publish_decision

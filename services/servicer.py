@@ -72,6 +72,7 @@ def to_proto_status(view: UserStatusView) -> pb.UserStatus:
         thumbs_labels=int(t.get("thumbs_labels", 0)),
         reward_model_accuracy=float(t.get("reward_model_accuracy", 0.0)),
         reward_model_shared_accuracy=float(t.get("reward_model_shared_accuracy", 0.0)),
+        reward_model_heldout_pairs=int(t.get("reward_model_heldout_pairs", 0)),
         last_reward_before=float(t.get("last_reward_before", 0.0)),
         last_reward_after=float(t.get("last_reward_after", 0.0)),
         last_kl=float(t.get("last_kl", 0.0)),

@@ -51,6 +51,8 @@ class TurnResult:
     interrupted: bool = False
     rm_accuracy_shared: float | None = None
     """Held-out accuracy of the shared reward model alone on the same pairs."""
+    rm_heldout_pairs: int = 0
+    """Held-out pairs both accuracies were measured on (0: not measured)."""
 
 
 class Learner:
@@ -137,7 +139,8 @@ class Learner:
         _restore(ppo.pool, user_id, candidate)
         result = self._decide(user_id, ex, steps, old_score, new_score, new_kl,
                               personal.heldout_accuracy, ppo)
-        result = replace(result, rm_accuracy_shared=personal.heldout_accuracy_shared)
+        result = replace(result, rm_accuracy_shared=personal.heldout_accuracy_shared,
+                         rm_heldout_pairs=personal.n_heldout_pairs)
         if result.published_version:
             self._served[user_id] = candidate
         self._metrics.turn_seconds.observe(time.perf_counter() - start)
@@ -199,6 +202,7 @@ class Learner:
             "thumbs_labels": len(ex.data.thumbs),
             "reward_model_accuracy": _finite(result.rm_accuracy),
             "reward_model_shared_accuracy": _finite(result.rm_accuracy_shared),
+            "reward_model_heldout_pairs": result.rm_heldout_pairs,
             "last_reward_before": _finite(result.reward_before),
             "last_reward_after": _finite(result.reward_after), "last_kl": _finite(result.kl),
             "last_publish_decision": result.decision,

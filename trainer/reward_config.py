@@ -100,6 +100,8 @@ class TrainMetrics:
     """Examples (pairs + thumbs) trained on."""
     n_heldout: int
     """Held-out examples (pairs + thumbs); accuracy is measured on the held-out pairs."""
+    n_heldout_pairs: int
+    """Held-out pairs the accuracies were measured on (0: they are None)."""
     epochs: int
     """Passes over the training examples (0 when the user had too little data)."""
     steps: int

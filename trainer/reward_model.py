@@ -78,8 +78,9 @@ class PersonalRewardModel:
             config.backbone or default_backbone_dir(), config.device,
             max_length=config.max_length, pooling=config.pooling, normalize=config.normalize,
             batch_size=config.encode_batch_size, cache_size=config.embedding_cache_size)
-        self.n_surface = len(SURFACE_FEATURES) if config.surface_features else 0
-        self.hidden_size = self.encoder.hidden_size + self.n_surface
+        self.surface = SURFACE_FEATURES if config.surface_features else ()
+        """Names of the surface features the heads see (none when off)."""
+        self.hidden_size = self.encoder.hidden_size + len(self.surface)
         """Width of the heads' input x = [embedding, surface features]."""
         self.shared_head = nn.Linear(self.hidden_size, 1).to(self.encoder.device)
         nn.init.zeros_(self.shared_head.weight)
@@ -137,6 +138,7 @@ class PersonalRewardModel:
         accuracy = self._accuracy(None, held_pairs)
         metrics = TrainMetrics(
             user_id=None, n_train=len(items), n_heldout=len(held_pairs) + len(held_thumbs),
+            n_heldout_pairs=len(held_pairs),
             epochs=cfg.shared_epochs if steps else 0, steps=steps, loss=loss,
             heldout_accuracy=accuracy, heldout_accuracy_shared=accuracy, personal=False,
             encode_seconds=encode_s, seconds=time.perf_counter() - start)
@@ -171,6 +173,7 @@ class PersonalRewardModel:
         # 3. evaluate personal vs shared on the user's held-out pairs
         metrics = TrainMetrics(
             user_id=user_id, n_train=len(items), n_heldout=len(held_pairs) + len(held_thumbs),
+            n_heldout_pairs=len(held_pairs),
             epochs=epochs, steps=steps, loss=loss,
             heldout_accuracy=self._accuracy(self._personal_head(user_id), held_pairs),
             heldout_accuracy_shared=self._accuracy(None, held_pairs),
@@ -223,10 +226,10 @@ class PersonalRewardModel:
     # --- rewards -------------------------------------------------------------------------
 
     def head_inputs(self, prompts: Sequence[str], completions: Sequence[str],
-                grad: bool = False) -> Tensor:
+                    grad: bool = False) -> Tensor:
         """The heads' input x = [embedding (B, H), surface features (B, S)]."""
         emb = self.encoder.embed(prompts, completions, grad=grad)  # (B, H)
-        if not self.n_surface:
+        if not self.surface:
             return emb
         return torch.cat([emb, surface_features(completions, emb.device).to(emb.dtype)], 1)
 
@@ -272,7 +275,7 @@ class PersonalRewardModel:
             state |= {f"backbone.{k}": v for k, v in self.encoder.backbone.state_dict().items()}
         meta = {"format": SHARED_FORMAT, "hidden_size": str(self.hidden_size),
                 "pooling": self.config.pooling, "normalize": str(self.config.normalize),
-                "surface_features": ",".join(SURFACE_FEATURES[:self.n_surface])}
+                "surface_features": ",".join(self.surface)}
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path),
                   metadata=meta)
         return Path(path)
@@ -281,8 +284,7 @@ class PersonalRewardModel:
         """Load what ``save_shared`` wrote (same hidden size, pooling, normalisation and
         surface features)."""
         state, meta = read_safetensors(path, SHARED_FORMAT)
-        settings = (self.config.pooling, str(self.config.normalize),
-                    ",".join(SURFACE_FEATURES[:self.n_surface]))
+        settings = (self.config.pooling, str(self.config.normalize), ",".join(self.surface))
         saved = (meta.get("pooling"), meta.get("normalize"), meta.get("surface_features", ""))
         if saved != settings:
             raise ValueError(f"{path} was trained with other pooling, normalisation or "

@@ -19,6 +19,7 @@ from trainer.metrics import TrainerMetrics
 from trainer.ppo_config import PPOConfig
 from trainer.preferences import FeedbackEvent, PreferenceConfig
 from trainer.reward_config import RewardModelConfig
+from trainer.reward_data import split_heldout
 
 USER = "gate-user"
 PROMPTS = ["tell me about the sea", "name a fruit", "how are you", "say something"]
@@ -99,6 +100,10 @@ def test_gate_refuses_then_publishes(learner_setup) -> None:  # type: ignore[no-
     assert metrics.published._value.get() == 1
     status = learner.status(USER, ex, third)
     assert status["preference_pairs"] == 12 and status["last_publish_decision"] == "published v1"
+    rm_cfg = RewardModelConfig()
+    held = split_heldout(ex.pairs, rm_cfg.heldout_fraction, rm_cfg.seed)[1]
+    assert status["reward_model_heldout_pairs"] == third.rm_heldout_pairs == len(held) > 0
+    assert third.rm_accuracy is not None
 
 
 def test_interrupted_turn_publishes_nothing(learner_setup) -> None:  # type: ignore[no-untyped-def]
