@@ -32,7 +32,7 @@ promtool:
 
 setup: $(STAMP) $(GENERATED) $(MODEL_DIR)/config.json
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel
 	# The local CPU build of torch first, so nothing pulls a CUDA build.
@@ -53,7 +53,7 @@ proto/personalize/v1/%_pb2.py: proto/personalize/v1/%.proto $(STAMP)
 model: $(MODEL_DIR)/config.json
 
 $(MODEL_DIR)/config.json: $(STAMP)
-	$(PY) -m services.prepare_model --out $(MODEL_DIR)
+	$(PY) -m services.devstack.prepare_model --out $(MODEL_DIR)
 	touch $@
 
 # Non-Python clients the tests use (grpc-js, kafkajs), from the npm registry.
@@ -78,7 +78,7 @@ BENCH_ARGS_serving ?= --profile
 BENCH_ARGS_feedback_ingest ?= --profile
 BENCH_ARGS_feedback_to_adapter ?= --open-gate
 
-$(BENCH_STAMP): pyproject.toml $(STAMP)
+$(BENCH_STAMP): pyproject.toml setup.py $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"
 	case "$(EXTRAS)" in *cpu*) $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true ;; esac
 	touch $@

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.broker import free_port
-from services.records import AdapterUpdateRecord
-from services.stack import child_stack
-from services.store import AdapterManifest, AdapterStore
+from services.contract.records import AdapterUpdateRecord
+from services.contract.store import AdapterManifest, AdapterStore
+from services.devstack.broker import free_port
+from services.devstack.stack import child_stack
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ".cache/models/SmolLM2-135M-Instruct"

@@ -39,8 +39,8 @@ from bench.common import (
     write_result,
 )
 from bench.profile import SERVER_PARTS, profile_engine
-from services.client import AssistantClient
-from services.records import FeedbackRecord
+from services.client.sdk import AssistantClient
+from services.contract.records import FeedbackRecord
 
 TOPIC = "feedback"
 
@@ -96,7 +96,7 @@ def record_bytes(user: str, response_id: str) -> bytes:
 
 
 def raw_producer(bootstrap: str) -> KafkaProducer:
-    """A raw producer with the server's settings (services.kafka_io.DurableProducer)."""
+    """A raw producer with the server's settings (services.server.kafka_io.DurableProducer)."""
     return KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
                          linger_ms=2)
 
@@ -170,7 +170,7 @@ def main() -> None:
                 f"{k} {v[-1]['per_s']:.0f}/s" for k, v in passes.items()), flush=True)
         profile = {}
         if args.profile:
-            pids = {"server": server_pid(stack.proc.pid, "services.server"),
+            pids = {"server": server_pid(stack.proc.pid, "services.server.main"),
                     "client (this process)": os.getpid()}
             broker = server_pid(stack.proc.pid, "tansu")
             profile = profile_engine(

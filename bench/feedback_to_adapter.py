@@ -33,7 +33,7 @@ from bench.common import (
     table,
     write_result,
 )
-from services.client import AssistantClient
+from services.client.sdk import AssistantClient
 
 
 def send_burst(client: AssistantClient, user: str, tokens: int) -> int:

@@ -41,7 +41,7 @@ from bench.common import (
     table,
     write_result,
 )
-from services.client import AssistantClient
+from services.client.sdk import AssistantClient
 
 
 def version_number(version: str) -> int:

@@ -1,4 +1,4 @@
-"""One PPO update: ours (trainer/ppo.py) vs TRL's PPOTrainer, same model, batch, lengths.
+"""One PPO update: ours (trainer/ppo/trainer.py) vs TRL's PPOTrainer, same model, batch, lengths.
 
     python -m bench.ppo                                   # SmolLM2-135M, about 4-5 min
     python -m bench.ppo --model .cache/test-models/tiny-llama --updates 3   # quick
@@ -76,8 +76,8 @@ class Ours:
     """Our PPOTrainer on a PolicyPool, ready to run one update at a time."""
 
     def __init__(self, args: argparse.Namespace, minilm: bool) -> None:
-        from trainer.policy_pool import PolicyPool
-        from trainer.ppo import PPOConfig, PPOTrainer
+        from trainer.ppo.policies import PolicyPool
+        from trainer.ppo.trainer import PPOConfig, PPOTrainer
 
         cfg = PPOConfig(batch_size=args.batch, mini_batch_size=args.mini_batch,
                         ppo_epochs=args.epochs, max_new_tokens=args.tokens, lr=1e-4,
@@ -90,7 +90,7 @@ class Ours:
         self.prompts = chats(args.batch)
         self.lengths: list[float] = []
         if minilm:
-            from trainer.reward_model import PersonalRewardModel, RewardModelConfig
+            from trainer.reward.model import PersonalRewardModel, RewardModelConfig
 
             prm = PersonalRewardModel(RewardModelConfig())
 

@@ -1,4 +1,4 @@
-"""Reward-model training throughput (trainer/reward_model.py: frozen MiniLM + heads).
+"""Reward-model training throughput (trainer/reward/model.py: frozen MiniLM + heads).
 
     python -m bench.reward_model          # about 1-2 min
 
@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from bench.common import median, settle, table, write_result
-from trainer.reward_config import RewardModelConfig
-from trainer.reward_data import PairExample
-from trainer.reward_model import PersonalRewardModel
+from trainer.reward.config import RewardModelConfig
+from trainer.reward.data import PairExample
+from trainer.reward.model import PersonalRewardModel
 
 WORDS = ["sleep", "tea", "walk", "early", "dark", "quiet", "phone", "screen", "bed", "warm",
          "read", "breathe", "rest", "light", "routine", "water", "coffee", "noon", "stretch",

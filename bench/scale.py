@@ -2,7 +2,7 @@
 
     python -m bench.scale          # about 5-10 min on 2 cores
 
-The real learner (trainer/learner.py) runs in this process: the real reward model
+The real learner (trainer/loop/learner.py) runs in this process: the real reward model
 (frozen MiniLM, shared head, per-user heads, embedding cache), per-user LoRA PPO,
 the publish gate and the adapter store, in a temporary state directory. Users are
 added one turn at a time; each has its own prompts (3 prompts x 3 ranked answers ->
@@ -34,16 +34,16 @@ from typing import Any
 import torch
 
 from bench.common import REPO, Deadline, median, settle, table, write_result
-from services.records import GenerationRecord
-from services.store import AdapterStore
+from services.contract.records import GenerationRecord
+from services.contract.store import AdapterStore
 from trainer.config import PublishConfig, ScheduleConfig, TrainerConfig
-from trainer.examples import UserExamples, build_examples
-from trainer.journal import Joined
-from trainer.learner import Learner
+from trainer.data.examples import UserExamples, build_examples
+from trainer.data.preferences import FeedbackEvent, PreferenceConfig
+from trainer.ingest.journal import Joined
+from trainer.loop.learner import Learner
 from trainer.metrics import TrainerMetrics
-from trainer.ppo_config import PPOConfig
-from trainer.preferences import FeedbackEvent, PreferenceConfig
-from trainer.reward_config import RewardModelConfig
+from trainer.ppo.config import PPOConfig
+from trainer.reward.config import RewardModelConfig
 
 ANSWERS = ("Sure.", "Here is a short answer.", "Here is a much longer answer with detail.")
 

@@ -36,8 +36,8 @@ from bench.common import (
     write_result,
 )
 from bench.profile import engine_pids, profile_engine
-from services.client import AssistantClient
-from services.store import AdapterStore
+from services.client.sdk import AssistantClient
+from services.contract.store import AdapterStore
 
 
 def run_pass(client: AssistantClient, users: list[str], requests: int, tokens: int,

@@ -24,7 +24,7 @@ from demo.report import write_report
 from demo.stack import StackPorts, TrainerProfile, demo_stack
 from demo.users import make_users
 from demo.view import LiveView
-from services.client import AssistantClient
+from services.client.sdk import AssistantClient
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

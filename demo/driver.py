@@ -23,7 +23,7 @@ import grpc
 from demo.preferences import Preference, win
 from demo.prompts import eval_prompts, feedback_prompts
 from demo.users import SimUser
-from services.client import AssistantClient, Candidate
+from services.client.sdk import AssistantClient, Candidate
 
 log = logging.getLogger("personalize.demo")
 CANDIDATES_PER_CALL = 4

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from services.stack import child_stack
+from services.devstack.stack import child_stack
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,9 @@ def tiny_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[object]:
-    from services.broker import LocalBroker
-    from services.config import KafkaConfig
-    from services.kafka_io import ensure_topics
+    from services.contract.config import KafkaConfig
+    from services.devstack.broker import LocalBroker
+    from services.server.kafka_io import ensure_topics
 
     b = LocalBroker().start()
     ensure_topics(KafkaConfig(bootstrap_servers=b.bootstrap))
@@ -51,7 +51,7 @@ def loop_thread() -> Iterator[LoopThread]:
 
 @pytest.fixture(scope="session")
 def engine_config(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
-    from services.config import EngineConfig
+    from services.server.config import EngineConfig
 
     return EngineConfig(model=str(tiny_model_dir), model_id="tiny-llama", dtype="float32",
                         max_model_len=512, max_lora_rank=8, max_loras=2, max_cpu_loras=4,
@@ -60,7 +60,7 @@ def engine_config(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def tiny_engine(loop_thread: LoopThread, engine_config):  # type: ignore[no-untyped-def]
-    from services.engine import VllmEngine
+    from services.server.engine import VllmEngine
 
     engine = loop_thread.call(VllmEngine, engine_config)
     yield engine
@@ -68,7 +68,8 @@ def tiny_engine(loop_thread: LoopThread, engine_config):  # type: ignore[no-unty
 
 
 def make_server_config(tmp: Path, bootstrap: str, engine_config, **overrides):  # type: ignore[no-untyped-def]
-    from services.config import GenerationLimits, KafkaConfig, ServerConfig
+    from services.contract.config import KafkaConfig
+    from services.server.config import GenerationLimits, ServerConfig
 
     kafka = KafkaConfig(bootstrap_servers=bootstrap, produce_timeout_s=3.0, max_block_s=1.0)
     return dataclasses.replace(
@@ -85,8 +86,8 @@ def adapter_store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(loop_thread, tiny_engine, broker, engine_config, adapter_store_dir):  # type: ignore[no-untyped-def]
-    from services.broker import free_port
-    from services.server import AssistantServer
+    from services.devstack.broker import free_port
+    from services.server.main import AssistantServer
 
     cfg = make_server_config(adapter_store_dir, broker.bootstrap, engine_config,
                              metrics_port=free_port())

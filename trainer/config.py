@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.config import KafkaConfig
-from trainer.ppo_config import PPOConfig
-from trainer.reward_config import RewardModelConfig
+from services.contract.config import KafkaConfig
+from trainer.data.preferences import PreferenceConfig
+from trainer.ppo.config import PPOConfig
+from trainer.reward.config import RewardModelConfig
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,8 @@ class PublishConfig:
     """The gate a candidate adapter must pass to be published."""
 
     eval_prompts: int = 4
-    """Held-out prompts of the user's history sampled to compare adapters."""
+    """Held-out prompts of the user's history the gate compares adapters on (a stable,
+    hash-chosen sample, so the gate's cost does not grow with the history)."""
     eval_samples: int = 2
     """Completions sampled per prompt and adapter for the comparison."""
     min_improvement: float = 0.0
@@ -72,3 +74,4 @@ class TrainerConfig:
     publish: PublishConfig = field(default_factory=PublishConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     reward: RewardModelConfig = field(default_factory=RewardModelConfig)
+    preferences: PreferenceConfig = field(default_factory=PreferenceConfig)

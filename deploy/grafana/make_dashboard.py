@@ -2,7 +2,7 @@
 
 Edit the panels here, then run ``python deploy/grafana/make_dashboard.py``;
 tests/deploy/test_grafana.py fails when the JSON and this script disagree, when a
-query names a metric that services/metrics.py or trainer/metrics.py does not
+query names a metric that services/server/metrics.py or trainer/metrics.py does not
 define, or when a defined metric has no panel; tests/deploy/test_live_prometheus.py
 runs every query on a real Prometheus scraping a live server and trainer.
 

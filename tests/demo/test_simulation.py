@@ -11,7 +11,7 @@ from pathlib import Path
 from demo.driver import DriveConfig, Simulation
 from demo.report import write_report
 from demo.users import make_users
-from services.client import AssistantClient
+from services.client.sdk import AssistantClient
 from tests.support.adapters import make_adapter, publish
 
 

@@ -14,8 +14,9 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from services.config import ServerConfig, _field_type, from_mapping
-from services.metrics import ServerMetrics
+from services.contract.config import _field_type, from_mapping
+from services.server.config import ServerConfig
+from services.server.metrics import ServerMetrics
 from trainer.config import TrainerConfig
 from trainer.metrics import TrainerMetrics
 

@@ -8,7 +8,7 @@ import re
 
 import yaml
 
-from services.config import KafkaConfig
+from services.contract.config import KafkaConfig
 from tests.deploy.helpers import (
     COMPOSE,
     COMPOSE_DOTENV,
@@ -40,7 +40,7 @@ def test_images_bind_all_interfaces_on_the_default_ports() -> None:
         body = dockerfile.read_text()
         assert "FROM python:3.11-slim" in body
         assert "grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto" in body
-        assert "services.prepare_model --out" in body
+        assert "services.devstack.prepare_model --out" in body
 
 
 def test_every_port_setting_is_the_default() -> None:

@@ -1,6 +1,6 @@
 """Every deploy/ file parses, and every PERSONALIZE_* setting in the Compose,
 Kubernetes and Docker files is a real field of ServerConfig / TrainerConfig
-(derived like services.config.from_mapping) whose value parses as its type.
+(derived like services.contract.config.from_mapping) whose value parses as its type.
 Fast, no network, no Docker."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.config import from_mapping
+from services.contract.config import from_mapping
 from tests.deploy.helpers import (
     DASHBOARD,
     DEPLOY,

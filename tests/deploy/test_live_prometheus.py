@@ -87,9 +87,9 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def live_server(home: Path, loop_thread, tiny_engine, broker, engine_config):  # type: ignore[no-untyped-def]
-    from services.broker import free_port
-    from services.kafka_io import ensure_topics
-    from services.server import AssistantServer
+    from services.devstack.broker import free_port
+    from services.server.kafka_io import ensure_topics
+    from services.server.main import AssistantServer
 
     tag = uuid.uuid4().hex[:8]
     cfg = make_server_config(home / "store", broker.bootstrap, engine_config,
@@ -107,7 +107,7 @@ def live_server(home: Path, loop_thread, tiny_engine, broker, engine_config):  #
 @pytest.fixture(scope="module")
 def live_trainer(live_server, broker, tiny_model_dir: Path, home: Path) -> Iterator[int]:  # type: ignore[no-untyped-def]
     """A trainer on the server's topics and store; yields its metrics port."""
-    from services.broker import free_port, wait_for_port
+    from services.devstack.broker import free_port, wait_for_port
 
     port, k, start = free_port(), live_server.cfg.kafka, time.monotonic()
     log = home / "trainer.log"
@@ -130,7 +130,7 @@ def live_trainer(live_server, broker, tiny_model_dir: Path, home: Path) -> Itera
 def prometheus(live_server, live_trainer: int, home: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """deploy/prometheus/prometheus.yml (its jobs and alert rules) scraping the two
     live processes every second; yields the HTTP API's base URL."""
-    from services.broker import free_port
+    from services.devstack.broker import free_port
 
     cfg = yaml.safe_load((PROM / "prometheus.yml").read_text())
     cfg["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s",

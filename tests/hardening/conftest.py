@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from personalize.v1 import assistant_pb2_grpc
-from services.auth import Authenticator
-from services.config import AuthConfig, GenerationLimits
+from services.contract.auth import AuthConfig, Authenticator
+from services.server.config import GenerationLimits
 from tests.conftest import make_server_config
 from tests.support.topics import isolated_kafka
 
@@ -48,7 +48,7 @@ class Servers:
         self._running: list[Any] = []
 
     def start(self, kafka, store: Path | None = None, **overrides: Any):  # type: ignore[no-untyped-def]
-        from services.server import AssistantServer
+        from services.server.main import AssistantServer
 
         store = store or self._tmp / f"store-{len(self._running)}"
         cfg = make_server_config(store, kafka.bootstrap_servers, self._engine_config,

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from personalize.v1 import assistant_pb2_grpc
-from services.store import CONFIG_FILE, WEIGHTS_FILE, AdapterStore
+from services.contract.store import CONFIG_FILE, WEIGHTS_FILE, AdapterStore
 from tests.services.helpers import Collected, generate
 from tests.support.adapters import announce, corrupt_manifest_sha, make_adapter, publish
 from tests.support.topics import isolated_kafka

@@ -18,10 +18,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from personalize.v1 import assistant_pb2 as pb
-from services.auth import Authenticator, Caller
-from services.client import AssistantClient
-from services.config import AuthConfig, ServerConfig, from_mapping
-from services.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from services.client.sdk import AssistantClient
+from services.contract.auth import AuthConfig, Authenticator, Caller
+from services.contract.config import from_mapping
+from services.contract.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from services.server.config import ServerConfig
 from tests.hardening.conftest import AUTH, SECRET, Metadata, Tokens, bearer
 from tests.services.helpers import chat_request, generate
 from tests.support.topics import isolated_kafka
@@ -191,7 +192,7 @@ def test_sdk_sends_its_token(secure_server, tokens: Tokens, user_id: str) -> Non
 
 
 def test_open_default_says_so_loudly(servers, broker, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
-    caplog.set_level(logging.WARNING, logger="services.server")
+    caplog.set_level(logging.WARNING, logger="services.server.main")
     srv = servers.start(isolated_kafka(broker.bootstrap, "open"))
     try:
         assert not srv.auth.enabled
@@ -208,7 +209,7 @@ def test_open_default_says_so_loudly(servers, broker, caplog: pytest.LogCaptureF
 
 def cli(*args: str, env: dict[str, str] | None = None,
         stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], input=stdin,
+    return subprocess.run([sys.executable, "-m", "services.client.cli", *args], input=stdin,
                           capture_output=True, text=True, timeout=120, check=False,
                           env={**os.environ, **(env or {})})
 

@@ -15,7 +15,7 @@ import pytest
 
 from personalize.v1 import assistant_pb2 as pb
 from personalize.v1 import assistant_pb2_grpc
-from services.broker import LocalBroker
+from services.devstack.broker import LocalBroker
 from tests.services.helpers import generate
 from tests.support.topics import isolated_kafka, read_topic, trainer_topic_env
 from tests.support.trainer_proc import journaled_ids, start_trainer, wait_for_ids
@@ -108,7 +108,7 @@ def test_poison_records_are_dead_lettered(servers, own_broker: LocalBroker, kafk
                                           user_id: str) -> None:
     from kafka import KafkaProducer
 
-    from services.records import FeedbackRecord
+    from services.contract.records import FeedbackRecord
 
     srv = servers.start(kafka)
     producer = KafkaProducer(bootstrap_servers=own_broker.bootstrap, acks="all")

@@ -14,10 +14,10 @@ import grpc
 import pytest
 
 from personalize.v1 import assistant_pb2 as pb
-from services.errors import InvalidArgument
-from services.records import AdapterUpdateRecord
-from services.response_ids import ResponseRef, ResponseSigner
-from services.store import AdapterStore
+from services.contract.errors import InvalidArgument
+from services.contract.records import AdapterUpdateRecord
+from services.contract.store import AdapterStore
+from services.server.response_ids import ResponseRef, ResponseSigner
 from tests.hardening.conftest import Tokens
 from tests.services.helpers import chat_request, generate
 from tests.support.adapters import make_adapter

@@ -6,12 +6,13 @@ import subprocess
 import sys
 
 from personalize.v1 import assistant_pb2 as pb
-from services.cli import parse_ranking
+from services.client.cli import parse_ranking
 
 
 def run_cli(server, stdin: str, *args: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args, "--server", f"127.0.0.1:{server.port}"],
+        [sys.executable, "-m", "services.client.cli", *args,
+         "--server", f"127.0.0.1:{server.port}"],
         input=stdin, capture_output=True, text=True, timeout=120, check=False)
 
 

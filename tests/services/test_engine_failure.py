@@ -9,7 +9,7 @@ from pathlib import Path
 
 from grpc_health.v1 import health_pb2
 
-from services.server import AssistantServer
+from services.server.main import AssistantServer
 from tests.conftest import make_server_config
 
 

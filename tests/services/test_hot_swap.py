@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.store import AdapterStore
+from services.contract.store import AdapterStore
 from tests.services.helpers import PROMPT, generate, greedy, wait_for_version
 from tests.support.adapters import corrupt_manifest_sha, make_adapter, publish
 

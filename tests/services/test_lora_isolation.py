@@ -1,7 +1,7 @@
 """A base-model request batched with adapter requests gets no adapter.
 
 vLLM's CPU LoRA ops used to apply the adapter in the last slot to tokens without one
-(index -1); ``services.vllm_fixes`` fixes them in every vLLM process. The op tests
+(index -1); ``services.server.vllm_fixes`` fixes them in every vLLM process. The op tests
 pin the fix down on tensors; the engine test shows it is live in the model worker.
 """
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 from vllm.lora.ops.torch_ops import lora_ops
 
-from services import vllm_fixes
+from services.server.main import vllm_fixes
 from tests.services.helpers import greedy, wait_for_version
 from tests.support.adapters import make_adapter, publish
 

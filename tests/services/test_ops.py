@@ -60,8 +60,8 @@ def test_cancel_aborts_engine_request(stub, server, user_id: str) -> None:  # ty
 
 def test_broker_down_feedback_unavailable_generate_works(loop_thread, tiny_engine, engine_config,  # type: ignore[no-untyped-def]
                                                          tmp_path, user_id: str) -> None:
-    from services.broker import free_port
-    from services.server import AssistantServer
+    from services.devstack.broker import free_port
+    from services.server.main import AssistantServer
 
     dead = f"127.0.0.1:{free_port()}"
     cfg = make_server_config(tmp_path, dead, engine_config)

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from services.broker import free_port
-from services.client import AssistantClient
+from services.client.sdk import AssistantClient
+from services.devstack.broker import free_port
 
 
 def _children(pid: int) -> list[int]:
@@ -26,7 +26,7 @@ def test_stack_serves_and_stops_on_ctrl_c(tiny_model_dir: Path, tmp_path: Path) 
            "PERSONALIZE_SERVER_ENGINE_MAX_MODEL_LEN": "512"}
     log = (tmp_path / "stack.out").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.stack", "--model", str(tiny_model_dir),
+        [sys.executable, "-m", "services.devstack.stack", "--model", str(tiny_model_dir),
          "--port", str(port), "--metrics-port", str(mport), "--broker-port", str(bport),
          "--adapter-store", str(tmp_path / "store"), "--state-dir", str(tmp_path / "state"),
          "--no-trainer"], stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 
-from services.records import AdapterUpdateRecord
-from services.store import AdapterManifest, AdapterStore
+from services.contract.records import AdapterUpdateRecord
+from services.contract.store import AdapterManifest, AdapterStore
 
 
 def make_adapter(base_dir: Path, out_dir: Path, seed: int, rank: int = 8) -> Path:

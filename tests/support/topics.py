@@ -38,8 +38,8 @@ def read_topic(bootstrap: str, topic: str, until: Callable[[list[dict[str, Any]]
 def isolated_kafka(bootstrap: str, prefix: str, **overrides: Any) -> Any:
     """A KafkaConfig whose topics (``<prefix>-generations`` ...) exist and belong to
     one test alone, so its servers and trainers see no other test's records."""
-    from services.config import KafkaConfig
-    from services.kafka_io import ensure_topics
+    from services.contract.config import KafkaConfig
+    from services.server.kafka_io import ensure_topics
 
     cfg = KafkaConfig(bootstrap_servers=bootstrap, generations_topic=f"{prefix}-generations",
                       feedback_topic=f"{prefix}-feedback",

@@ -1,4 +1,4 @@
-"""Start the real trainer as a child process (python -m trainer.service)."""
+"""Start the real trainer as a child process (python -m trainer.loop.service)."""
 
 from __future__ import annotations
 
@@ -30,13 +30,13 @@ def start_trainer(bootstrap: str, state_dir: Path, store: Path, group: str, log:
            "PERSONALIZE_TRAINER_ADAPTER_STORE": str(store),
            "PERSONALIZE_TRAINER_METRICS_PORT": "0",
            **{f"PERSONALIZE_TRAINER_{k.upper()}": v for k, v in env_overrides.items()}}
-    return subprocess.Popen([sys.executable, "-m", "trainer.service"], env=env,
+    return subprocess.Popen([sys.executable, "-m", "trainer.loop.service"], env=env,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
 def journaled_ids(state_dir: Path, users: list[str]) -> list[str]:
     """Feedback ids in a trainer's training data (its journal), users in order."""
-    from trainer.journal import Journal
+    from trainer.ingest.journal import Journal
 
     if not (state_dir / "journal.sqlite").exists():
         return []

@@ -11,16 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from services.store import AdapterStore
+from services.contract.store import AdapterStore
 from trainer.config import TrainerConfig
-from trainer.examples import UserExamples
-from trainer.learner import Learner
+from trainer.data.examples import UserExamples
+from trainer.data.preferences import PreferenceData
+from trainer.loop.learner import Learner
 from trainer.metrics import TrainerMetrics
-from trainer.preferences import PreferenceData
-from trainer.reward_config import RewardModelConfig
-from trainer.reward_data import PairExample, ThumbExample, stable_hash
-from trainer.reward_encoder import TextEncoder
-from trainer.shared_sample import SharedSample
+from trainer.reward.config import RewardModelConfig
+from trainer.reward.data import PairExample, ThumbExample, stable_hash
+from trainer.reward.encoder import TextEncoder
+from trainer.reward.shared_sample import SharedSample
 
 
 def pairs_of(user: str, n: int, tag: str = "") -> list[PairExample]:

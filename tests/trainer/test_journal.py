@@ -4,8 +4,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from services.records import FeedbackRecord, GenerationRecord
-from trainer.journal import Consumed, Journal
+from services.contract.records import FeedbackRecord, GenerationRecord
+from trainer.ingest.journal import Consumed, Journal
 
 G, F = "generations", "feedback"
 

@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.records import GenerationRecord
-from services.store import AdapterStore
+from services.contract.records import GenerationRecord
+from services.contract.store import AdapterStore
 from trainer.config import PublishConfig, ScheduleConfig, TrainerConfig
-from trainer.examples import build_examples
-from trainer.journal import Joined
-from trainer.learner import Learner, _snapshot
+from trainer.data.examples import build_examples
+from trainer.data.preferences import FeedbackEvent, PreferenceConfig
+from trainer.ingest.journal import Joined
+from trainer.loop.learner import Learner, _snapshot
 from trainer.metrics import TrainerMetrics
-from trainer.ppo_config import PPOConfig
-from trainer.preferences import FeedbackEvent, PreferenceConfig
-from trainer.reward_config import RewardModelConfig
-from trainer.reward_data import split_heldout
+from trainer.ppo.config import PPOConfig
+from trainer.reward.config import RewardModelConfig
+from trainer.reward.data import split_heldout
 
 USER = "gate-user"
 PROMPTS = ["tell me about the sea", "name a fruit", "how are you", "say something"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from personalize.v1 import assistant_pb2 as pb
 from tests.services.helpers import generate
 from tests.support.trainer_proc import journaled_ids, start_trainer
-from trainer.journal import Consumed, Journal
+from trainer.ingest.journal import Consumed, Journal
 
 
 def test_positions_past_the_end_are_read_again(stub, broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

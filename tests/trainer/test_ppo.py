@@ -22,9 +22,9 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from trainer.policy_pool import PolicyPool
-from trainer.ppo import PPOConfig, PPOTrainer, policy_forward
-from trainer.rollout import response_mask, sample_rollout
+from trainer.ppo.policies import PolicyPool
+from trainer.ppo.rollout import response_mask, sample_rollout
+from trainer.ppo.trainer import PPOConfig, PPOTrainer, policy_forward
 
 PROMPTS = [
     [{"role": "user", "content": text}]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from trainer import ppo_math
+from trainer.ppo import maths as ppo_math
 
 
 def _ragged_mask(lengths: list[int], t: int) -> torch.Tensor:

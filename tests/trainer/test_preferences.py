@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer.preferences import (
+from trainer.data.preferences import (
     FeedbackEvent,
     LabelerScore,
     PreferenceConfig,

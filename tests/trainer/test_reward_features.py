@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.reward_encoder import TextEncoder, default_backbone_dir
-from trainer.reward_features import SURFACE_FEATURES, surface_features
-from trainer.reward_model import PairExample, PersonalRewardModel, RewardModelConfig
-from trainer.reward_users import UserHeadPool
+from trainer.reward.encoder import TextEncoder, default_backbone_dir
+from trainer.reward.features import SURFACE_FEATURES, surface_features
+from trainer.reward.model import PairExample, PersonalRewardModel, RewardModelConfig
+from trainer.reward.users import UserHeadPool
 
 
 def test_features_count_words_characters_and_non_empty_lines() -> None:

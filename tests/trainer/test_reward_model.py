@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.reward_encoder import TextEncoder
-from trainer.reward_losses import pairwise_accuracy_from_rewards
-from trainer.reward_model import (
+from trainer.reward.encoder import TextEncoder
+from trainer.reward.losses import pairwise_accuracy_from_rewards
+from trainer.reward.model import (
     PairExample,
     PersonalRewardModel,
     RewardModelConfig,
@@ -28,7 +28,7 @@ from trainer.reward_model import (
     split_heldout,
     thumbs_loss,
 )
-from trainer.reward_users import UserHeadPool
+from trainer.reward.users import UserHeadPool
 
 # --- pure maths against plain Python loops ------------------------------------------------
 

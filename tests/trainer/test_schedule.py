@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from trainer.config import ScheduleConfig
-from trainer.schedule import pick_next
+from trainer.loop.schedule import pick_next
 
 CFG = ScheduleConfig(min_new_feedback=3, max_wait_s=60)
 

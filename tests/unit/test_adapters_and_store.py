@@ -9,12 +9,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from services import store as store_module
-from services.adapters import AdapterRegistry, LoraCacheModel
-from services.config import KafkaConfig, ServerConfig, from_mapping
-from services.metrics import ADAPTER_REFUSAL_REASONS
-from services.records import FeedbackRecord, GenerationRecord, RecordError
-from services.store import AdapterRejected, AdapterStore
+from services.contract import store as store_module
+from services.contract.config import KafkaConfig, from_mapping
+from services.contract.records import FeedbackRecord, GenerationRecord, RecordError
+from services.contract.store import AdapterRejected, AdapterStore
+from services.server.config import ServerConfig
+from services.server.metrics import ADAPTER_REFUSAL_REASONS
+from services.server.routing import AdapterRegistry, LoraCacheModel
 
 
 def test_registry_keeps_old_version_until_its_requests_finish() -> None:

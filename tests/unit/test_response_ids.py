@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.errors import InvalidArgument, PermissionDenied
-from services.response_ids import ResponseRef, ResponseSigner, load_keys
+from services.contract.errors import InvalidArgument, PermissionDenied
+from services.server.response_ids import ResponseRef, ResponseSigner, load_keys
 
 KEY_A, KEY_B = b"a" * 32, b"b" * 32
 

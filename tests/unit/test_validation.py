@@ -2,15 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from services.config import GenerationLimits
-from services.errors import InvalidArgument
-from services.validation import (
-    Message,
-    validate_feedback,
-    validate_generate,
-    validate_user_id,
-    validate_version,
-)
+from services.contract.errors import InvalidArgument
+from services.server.config import GenerationLimits
+from services.contract.ids import validate_user_id, validate_version
+from services.server.validation import Message, validate_feedback, validate_generate
 
 LIMITS = GenerationLimits(default_max_tokens=32, max_tokens_limit=64, max_candidates=4)
 HI = [Message("user", "hi")]

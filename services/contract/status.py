@@ -1,0 +1,84 @@
+"""The trainer's per-user report, written to the adapter store by the trainer and
+served by GetUserStatus on any server replica.
+
+A typed record, parsed strictly: a file that lacks a field or carries an unknown
+one is refused as a whole (and logged), never read as zeros.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+
+STATUS_SCHEMA_VERSION = 1
+
+
+class StatusError(ValueError):
+    """A status file that does not parse as this version's record."""
+
+
+@dataclass(frozen=True)
+class LabelerReport:
+    """How well one labeler agrees with the others (leave-one-out majority)."""
+
+    labeler_id: str
+    agreement: float
+    """Agreement with the consensus in [0, 1]."""
+    judgements: int
+    """Pair judgements another labeler's majority could check."""
+    flagged: bool
+    """Down-weighted for disagreeing with the consensus."""
+
+
+@dataclass(frozen=True)
+class TrainerReport:
+    """What the trainer knows about one user after its latest turn."""
+
+    feedback_events: int
+    """Feedback events in the user's training data."""
+    preference_pairs: int
+    thumbs_labels: int
+    reward_model_accuracy: float
+    """Held-out pairwise accuracy of the user's reward model (0 when not measured)."""
+    reward_model_shared_accuracy: float
+    """The same for the shared reward model alone, on the same pairs."""
+    reward_model_heldout_pairs: int
+    """Held-out pairs both accuracies were measured on; 0 when not measured."""
+    last_reward_before: float
+    last_reward_after: float
+    last_kl: float
+    last_publish_decision: str
+    labelers: tuple[LabelerReport, ...]
+    updated_at: float
+    """Unix seconds of the report."""
+
+    def to_json(self) -> str:
+        body = {"schema_version": STATUS_SCHEMA_VERSION, **dataclasses.asdict(self)}
+        return json.dumps(body, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> TrainerReport:
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StatusError(f"not JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise StatusError("not a JSON object")
+        if body.pop("schema_version", None) != STATUS_SCHEMA_VERSION:
+            raise StatusError("unsupported schema_version")
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(body) != names:
+            missing, unknown = sorted(names - set(body)), sorted(set(body) - names)
+            raise StatusError(f"fields missing {missing}, unknown {unknown}")
+        try:
+            labelers = tuple(LabelerReport(**item) for item in body.pop("labelers"))
+        except TypeError as exc:
+            raise StatusError(f"bad labeler entry: {exc}") from exc
+        return cls(labelers=labelers, **body)
+
+
+def finite(x: float | None) -> float:
+    """A figure for the report: None and NaN/inf (not measured) read as 0."""
+    return 0.0 if x is None or not math.isfinite(x) else float(x)

@@ -1,0 +1,218 @@
+"""The adapter store: ``<root>/<user_id>/<version>/`` in PEFT format plus a manifest.
+
+Versions are written to a temporary directory and renamed into place, so a
+reader sees a whole version or none. Servers verify a version before serving
+it. Shared by the server (reads) and the trainer (publishes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.contract.errors import InvalidArgument
+from services.contract.ids import validate_user_id, validate_version, version_number
+from services.contract.status import StatusError, TrainerReport
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+MANIFEST_FILE = "manifest.json"
+STATUS_FILE = "status.json"
+
+
+class AdapterRejected(Exception):
+    """A stored adapter that must not be served, with the reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class AdapterManifest:
+    """What the trainer records next to each adapter version."""
+
+    user_id: str
+    version: str
+    base_model: str
+    sha256: str
+    parent_version: str = ""
+    created_at: float = 0.0
+    steps: int = 0
+    feedback_count: int = 0
+    reward_before: float = 0.0
+    reward_after: float = 0.0
+    kl: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class AdapterStore:
+    """Reads, verifies and publishes adapter versions under one root directory."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def user_dir(self, user_id: str) -> Path:
+        return self.root / validate_user_id(user_id)
+
+    def version_dir(self, user_id: str, version: str) -> Path:
+        return self.user_dir(user_id) / validate_version(version)
+
+    def versions(self, user_id: str) -> list[str]:
+        """Complete versions of a user, oldest first."""
+        udir = self.user_dir(user_id)
+        if not udir.is_dir():
+            return []
+        found = []
+        for child in udir.iterdir():
+            try:
+                number = version_number(child.name)
+            except InvalidArgument:
+                continue
+            if (child / MANIFEST_FILE).is_file():
+                found.append((number, child.name))
+        return [name for _, name in sorted(found)]
+
+    def latest(self, user_id: str) -> str | None:
+        versions = self.versions(user_id)
+        return versions[-1] if versions else None
+
+    def users(self) -> list[str]:
+        out = []
+        for child in sorted(self.root.iterdir()):
+            try:
+                out.append(validate_user_id(child.name))
+            except InvalidArgument:
+                continue
+        return out
+
+    def manifest(self, user_id: str, version: str) -> AdapterManifest:
+        path = self.version_dir(user_id, version) / MANIFEST_FILE
+        body = json.loads(path.read_text())
+        names = {f.name for f in dataclasses.fields(AdapterManifest)}
+        return AdapterManifest(**{k: v for k, v in body.items() if k in names})
+
+    def verify(self, user_id: str, version: str, base_model: str, max_rank: int,
+               allowed_targets: frozenset[str] | None = None) -> AdapterManifest:
+        """Check a version is safe to serve; raise AdapterRejected with the reason."""
+        vdir = self.version_dir(user_id, version)
+        try:
+            manifest = self.manifest(user_id, version)
+            config = json.loads((vdir / CONFIG_FILE).read_text())
+        except (OSError, ValueError, TypeError) as exc:
+            raise AdapterRejected("unreadable", str(exc)) from exc
+        if manifest.user_id != user_id or manifest.version != version:
+            raise AdapterRejected("mismatch", "manifest names another user or version")
+        if manifest.base_model != base_model:
+            raise AdapterRejected("wrong_base", f"{manifest.base_model!r} != {base_model!r}")
+        if sha256_file(vdir / WEIGHTS_FILE) != manifest.sha256:
+            raise AdapterRejected("checksum", "weights do not match the manifest sha256")
+        rank = int(config.get("r", 0))
+        if not 0 < rank <= max_rank:
+            raise AdapterRejected("rank", f"rank {rank} not in [1, {max_rank}]")
+        targets = config.get("target_modules") or []
+        targets = {targets} if isinstance(targets, str) else set(targets)
+        if allowed_targets is not None and not targets <= allowed_targets:
+            raise AdapterRejected("targets", f"unsupported target modules {sorted(targets)}")
+        _check_weights(vdir / WEIGHTS_FILE, None if config.get("rank_pattern") else rank,
+                       max_rank, allowed_targets)
+        return manifest
+
+    def publish(self, user_id: str, adapter_dir: Path, base_model: str,
+                **manifest_fields: Any) -> AdapterManifest:
+        """Copy a PEFT adapter directory in as the user's next version, atomically."""
+        udir = self.user_dir(user_id)
+        udir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=udir, prefix=".staging-"))
+        try:
+            for item in adapter_dir.iterdir():
+                if item.is_file():
+                    shutil.copy2(item, staging / item.name)
+            parent = self.latest(user_id) or ""
+            version = f"v{version_number(parent) + 1 if parent else 1}"
+            manifest = AdapterManifest(
+                user_id=user_id, version=version, base_model=base_model,
+                sha256=sha256_file(staging / WEIGHTS_FILE), parent_version=parent,
+                created_at=time.time(), **manifest_fields,
+            )
+            _atomic_write(staging / MANIFEST_FILE, json.dumps(dataclasses.asdict(manifest)))
+            os.rename(staging, udir / version)  # fails if a concurrent writer took it
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        log.info("published adapter %s/%s", user_id, version)
+        return manifest
+
+    def write_status(self, user_id: str, report: TrainerReport) -> None:
+        """The trainer's per-user report, read by GetUserStatus on any replica."""
+        udir = self.user_dir(user_id)
+        udir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(udir / STATUS_FILE, report.to_json())
+
+    def read_status(self, user_id: str) -> TrainerReport | None:
+        """The user's latest report; None when there is none or it does not parse."""
+        try:
+            raw = (self.user_dir(user_id) / STATUS_FILE).read_text()
+        except OSError:
+            return None
+        try:
+            return TrainerReport.from_json(raw)
+        except StatusError as exc:
+            log.warning("status of user %s is refused: %s", user_id, exc)
+            return None
+
+
+def _check_weights(path: Path, rank: int | None, max_rank: int,
+                   allowed_targets: frozenset[str] | None) -> None:
+    """Every tensor finite; LoRA A/B tensors of the configured rank (at most
+    ``max_rank`` with a rank_pattern) on allowed modules only."""
+    import torch
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise AdapterRejected("unreadable", f"weights: {exc}") from exc
+    for name, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise AdapterRejected("non_finite", f"tensor {name} has NaN or Inf values")
+        parts = name.split(".")
+        kind = next((p for p in parts if p in ("lora_A", "lora_B")), None)
+        if kind is None or tensor.dim() != 2:
+            continue
+        module = parts[parts.index(kind) - 1]
+        if allowed_targets is not None and module not in allowed_targets:
+            raise AdapterRejected("targets", f"tensor {name} adapts module {module!r}")
+        r = tensor.shape[0] if kind == "lora_A" else tensor.shape[1]
+        if (rank is not None and r != rank) or not 0 < r <= max_rank:
+            raise AdapterRejected("rank", f"tensor {name} has rank {r}; adapter_config "
+                                  f"says {rank}, the server takes at most {max_rank}")

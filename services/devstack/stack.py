@@ -1,0 +1,196 @@
+"""The embedded default stack in one command (``make up`` / ``personalize-stack``):
+a local Kafka-protocol broker, the topics, the inference server and the trainer,
+each a child process; Ctrl-C stops all of it cleanly.
+
+Point ``--bootstrap-servers`` at a real Kafka cluster to skip the local broker.
+Every PERSONALIZE_* environment variable is passed on to the children.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.contract import logs
+from services.contract.config import KafkaConfig
+from services.devstack.broker import LocalBroker
+from services.server.kafka_io import ensure_topics
+
+log = logging.getLogger("personalize.stack")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=".cache/models/SmolLM2-135M-Instruct",
+                   help="HF model directory to serve")
+    p.add_argument("--bootstrap-servers", default="",
+                   help="external Kafka cluster; empty starts the local broker")
+    p.add_argument("--broker-port", type=int, default=9092, help="local broker port")
+    p.add_argument("--host", default="127.0.0.1", help="address the server binds")
+    p.add_argument("--port", type=int, default=50051, help="gRPC port")
+    p.add_argument("--metrics-port", type=int, default=9400, help="server /metrics port")
+    p.add_argument("--trainer-metrics-port", type=int, default=9401, help="trainer /metrics port")
+    p.add_argument("--adapter-store", default=".cache/adapters", help="adapter store root")
+    p.add_argument("--state-dir", default=".cache/stack", help="logs of the children")
+    p.add_argument("--no-trainer", action="store_true", help="serve only")
+    p.add_argument("--ready-timeout", type=float, default=300.0,
+                   help="seconds to wait for the server to report SERVING")
+    return p.parse_args(argv)
+
+
+def wait_serving(target: str, procs: list[subprocess.Popen[bytes]], timeout_s: float,
+                 should_stop: Callable[[], bool] = lambda: False) -> bool:
+    """True once the server reports SERVING; False if ``should_stop`` turned true first."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if should_stop():
+                return False
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError("a child process exited during start-up; see its log")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                pass
+            time.sleep(0.5)
+    raise TimeoutError(f"server at {target} not serving after {timeout_s:.0f}s")
+
+
+@contextlib.contextmanager
+def child_stack(argv: list[str], target: str, env: dict[str, str], log_path: Path,
+                ready_timeout_s: float, stop_timeout_s: float,
+                cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """``personalize-stack`` with ``argv`` in a child process, yielded once ``target``
+    reports SERVING. On exit it is Ctrl-C'd (it stops its children and the broker) and,
+    past ``stop_timeout_s``, killed with its process group."""
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "services.devstack.stack", *argv], env=env,
+                                cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        wait_serving(target, [proc], ready_timeout_s)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _spawn(module: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    out = log_path.open("ab")
+    return subprocess.Popen([sys.executable, "-m", module], env=env, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]], timeout_s: float = 40.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def _auth_line(args: argparse.Namespace) -> str:
+    """The banner's auth state (the server reads the same PERSONALIZE_SERVER_AUTH_*)."""
+    chat = f"personalize chat --user alice --server {args.host}:{args.port}"
+    if os.environ.get("PERSONALIZE_SERVER_AUTH_SECRETS") or \
+            os.environ.get("PERSONALIZE_SERVER_AUTH_SECRETS_FILE"):
+        return ("\n  auth      on: bearer tokens required"
+                f'\n  try:      {chat} --token "$(personalize token --user alice)"')
+    return ("\n  auth      OFF: anyone who reaches the port can act as any user "
+            "(set PERSONALIZE_SERVER_AUTH_SECRETS)"
+            f"\n  try:      {chat}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    logs.setup()
+    state = Path(args.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    broker = None
+    bootstrap = args.bootstrap_servers
+    if not bootstrap:
+        broker = LocalBroker(port=args.broker_port, log_file=state / "broker.log").start()
+        bootstrap = broker.bootstrap
+    procs: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        created = ensure_topics(KafkaConfig(bootstrap_servers=bootstrap))
+        log.info("Kafka at %s; created topics: %s", bootstrap, ", ".join(created) or "none")
+        # one machine runs everything: the trainer takes one core unless told otherwise
+        env = {"PERSONALIZE_TRAINER_TORCH_THREADS": "1", **os.environ,
+               "PERSONALIZE_SERVER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+               "PERSONALIZE_TRAINER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+               "PERSONALIZE_SERVER_ENGINE_MODEL": args.model,
+               "PERSONALIZE_TRAINER_POLICY_MODEL": args.model,
+               "PERSONALIZE_SERVER_HOST": args.host, "PERSONALIZE_SERVER_PORT": str(args.port),
+               "PERSONALIZE_SERVER_METRICS_PORT": str(args.metrics_port),
+               "PERSONALIZE_TRAINER_METRICS_PORT": str(args.trainer_metrics_port),
+               "PERSONALIZE_SERVER_ADAPTER_STORE": args.adapter_store,
+               "PERSONALIZE_TRAINER_ADAPTER_STORE": args.adapter_store}
+        procs.append(_spawn("services.server.main", env, state / "server.log"))
+        trainer = not args.no_trainer and \
+            importlib.util.find_spec("trainer.loop.service") is not None
+        if trainer:
+            procs.append(_spawn("trainer.loop.service", env, state / "trainer.log"))
+        if not wait_serving(f"{args.host}:{args.port}", procs, args.ready_timeout,
+                            lambda: stopping):
+            return 130  # Ctrl-C during start-up: the children are stopped below
+        auth = _auth_line(args)
+        print(f"\npersonalize is up\n  gRPC      {args.host}:{args.port}"
+              f"  (personalize.v1.Assistant)\n  metrics   http://127.0.0.1:{args.metrics_port}/metrics"
+              + (f"\n  trainer   http://127.0.0.1:{args.trainer_metrics_port}/metrics"
+                 if trainer else "\n  trainer   not started")
+              + f"\n  Kafka     {bootstrap}{' (local Tansu broker)' if broker else ''}"
+              f"\n  adapters  {Path(args.adapter_store).resolve()}"
+              f"\n  logs      {state.resolve()}/"
+              + auth + "\nCtrl-C stops everything.", flush=True)
+        while not stopping:
+            dead = [p for p in procs if p.poll() is not None]
+            if dead:
+                log.error("a child process exited (code %s); stopping", dead[0].returncode)
+                return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        log.info("stopping")
+        _stop(procs)
+        if broker is not None:
+            broker.stop()
+        log.info("stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

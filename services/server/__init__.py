@@ -1,0 +1,2 @@
+"""The inference server: serve (generation) -> feedback -> hot-swap of published adapters,
+one core behind thin transports."""

@@ -1,0 +1,117 @@
+"""Hot-swap of per-user adapters: verify, load into the engine, route, retire.
+
+Fed by the store scan at start, the ``adapter-updates`` topic while running,
+and a periodic rescan that backs the topic up. A version that fails
+verification or loading is refused and the user keeps the last good one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from services.contract.errors import DomainError
+from services.contract.ids import validate_user_id, validate_version
+from services.contract.records import AdapterUpdateRecord, RecordError
+from services.contract.store import AdapterRejected, AdapterStore
+from services.server.engine import Engine
+from services.server.metrics import ServerMetrics
+from services.server.routing import AdapterRegistry, AdapterSlot
+
+log = logging.getLogger(__name__)
+
+
+class AdapterManager:
+    def __init__(self, engine: Engine, store: AdapterStore, metrics: ServerMetrics,
+                 max_rank: int, allowed_targets: frozenset[str] | None = None) -> None:
+        self._engine = engine
+        self._store = store
+        self._metrics = metrics
+        self._max_rank = max_rank
+        self._allowed_targets = allowed_targets
+        self._registry = AdapterRegistry()
+        self._refused: set[tuple[str, str]] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def version_of(self, user_id: str) -> str:
+        return self._registry.version_of(user_id)
+
+    @asynccontextmanager
+    async def use(self, user_id: str) -> AsyncIterator[AdapterSlot | None]:
+        """The user's current adapter (None: base model), held for one request."""
+        slot = self._registry.acquire(user_id)
+        try:
+            yield slot
+        finally:
+            if slot is not None:
+                done = self._registry.release(slot)
+                if done is not None:
+                    await self._unload(done)
+
+    async def install(self, user_id: str, version: str) -> bool:
+        """Make ``version`` the user's adapter if it is newer and verifies."""
+        validate_user_id(user_id)
+        validate_version(version)
+        lock = self._locks.setdefault(user_id, asyncio.Lock())
+        async with lock:
+            if not self._registry.is_newer(user_id, version) or (user_id, version) in self._refused:
+                return False
+            start = time.perf_counter()
+            slot = self._registry.new_slot(
+                user_id, version, str(self._store.version_dir(user_id, version)))
+            try:
+                await asyncio.to_thread(self._store.verify, user_id, version,
+                                        self._engine.model_id, self._max_rank,
+                                        self._allowed_targets)
+                await self._engine.load_adapter(slot)
+            except AdapterRejected as exc:
+                return self._refuse(user_id, version, exc.reason, str(exc))
+            except Exception as exc:  # noqa: BLE001 - engine refused the weights
+                return self._refuse(user_id, version, "load_failed", repr(exc))
+            old = self._registry.install(slot)
+            if old is not None:
+                await self._unload(old)
+            self._metrics.adapter_loads.labels("ok").inc()
+            self._metrics.adapter_swap_seconds.observe(time.perf_counter() - start)
+            self._metrics.active_adapters.set(self._registry.active)
+            log.info("serving %s with adapter %s", user_id, version)
+            return True
+
+    def _refuse(self, user_id: str, version: str, reason: str, detail: str) -> bool:
+        self._refused.add((user_id, version))
+        self._metrics.adapter_loads.labels("refused").inc()
+        self._metrics.adapter_refusals.labels(reason).inc()
+        log.warning("refused adapter %s/%s (%s); keeping %s", user_id, version, detail,
+                    self._registry.version_of(user_id) or "the base model")
+        return False
+
+    async def _unload(self, slot: AdapterSlot) -> None:
+        try:
+            await self._engine.unload_adapter(slot)
+        except Exception:
+            log.debug("unload of %s failed", slot.lora_name, exc_info=True)
+        self._metrics.active_adapters.set(self._registry.active)
+
+    async def on_update(self, raw: bytes) -> None:
+        """Handle one ``adapter-updates`` record."""
+        try:
+            update = AdapterUpdateRecord.from_json(raw)
+            await self.install(update.user_id, update.version)
+        except (RecordError, DomainError) as exc:
+            log.warning("ignored adapter update: %s", exc)
+
+    async def scan(self) -> int:
+        """Install the newest good version of every user in the store."""
+        installed = 0
+        users = await asyncio.to_thread(self._store.users)
+        for user_id in users:
+            for version in reversed(await asyncio.to_thread(self._store.versions, user_id)):
+                if not self._registry.is_newer(user_id, version):
+                    break
+                if await self.install(user_id, version):
+                    installed += 1
+                    break
+        return installed

@@ -1,0 +1,199 @@
+"""Kafka at the edge: an asyncio-friendly durable producer, topic set-up, and a
+follower thread for broadcast topics. Speaks only the Kafka protocol
+(kafka-python), so any Kafka-compatible cluster works."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from services.contract.config import KafkaConfig
+from services.contract.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Where the broker durably stored a record."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def all_topics(cfg: KafkaConfig) -> list[str]:
+    base = [cfg.generations_topic, cfg.feedback_topic, cfg.adapter_updates_topic]
+    return base + [t + cfg.dlq_suffix for t in base]
+
+
+def ensure_topics(cfg: KafkaConfig, timeout_s: float = 30.0) -> list[str]:
+    """Create the service's topics if missing; returns the ones created."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers,
+                                     client_id=f"{cfg.client_id}-admin")
+            break
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.info("waiting for Kafka at %s: %s", cfg.bootstrap_servers, exc)
+            time.sleep(0.5)
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in all_topics(cfg) if t not in existing]
+        spec = {"num_partitions": cfg.partitions, "replication_factor": cfg.replication_factor}
+        for topic in missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics({topic: spec}, wait_for_metadata=True)
+        return missing
+    finally:
+        admin.close()
+
+
+class DurableProducer:
+    """Idempotent, acks=all producer; ``send`` returns only after the broker's ack.
+
+    The kafka-python producer is created lazily and re-created after failing to
+    start, so the service starts and keeps serving while Kafka is unreachable.
+    """
+
+    def __init__(self, cfg: KafkaConfig, on_latency: Callable[[str, float, bool], None]
+                 | None = None) -> None:
+        self._cfg = cfg
+        self._producer: KafkaProducer | None = None
+        self._lock = threading.Lock()
+        self._last_attempt = 0.0
+        self._on_latency = on_latency
+
+    def _get(self) -> KafkaProducer:
+        with self._lock:
+            if self._producer is not None:
+                return self._producer
+            if time.monotonic() - self._last_attempt < 1.0:
+                raise Unavailable("Kafka is unreachable; retry shortly")
+            self._last_attempt = time.monotonic()
+            try:
+                self._producer = KafkaProducer(
+                    bootstrap_servers=self._cfg.bootstrap_servers,
+                    client_id=f"{self._cfg.client_id}-producer",
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=2,
+                    max_block_ms=int(self._cfg.max_block_s * 1000),
+                    bootstrap_timeout_ms=int(self._cfg.max_block_s * 1000),
+                    request_timeout_ms=max(1000, int(self._cfg.produce_timeout_s * 1000)),
+                    reconnect_backoff_max_ms=1000,
+                )
+            except KafkaError as exc:
+                raise Unavailable(f"Kafka is unreachable: {exc}") from exc
+            return self._producer
+
+    def _send_blocking(self, topic: str, key: bytes, value: bytes,
+                       loop: asyncio.AbstractEventLoop, done: asyncio.Future[Ack]) -> None:
+        def ok(meta) -> None:  # type: ignore[no-untyped-def]
+            ack = Ack(meta.topic, meta.partition, meta.offset)
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(ack))
+
+        def fail(exc: BaseException) -> None:
+            err = Unavailable(f"Kafka did not acknowledge the write: {exc}")
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_exception(err))
+
+        try:
+            future = self._get().send(topic, key=key, value=value)
+        except KafkaError as exc:
+            fail(exc)
+            return
+        future.add_callback(ok)
+        future.add_errback(fail)
+
+    async def send(self, topic: str, key: str, value: bytes) -> Ack:
+        """Write one record and wait (bounded) for acks=all; Unavailable otherwise."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Ack] = loop.create_future()
+        start = time.perf_counter()
+        ok = False
+        try:
+            await asyncio.wait_for(
+                asyncio.to_thread(self._send_blocking, topic, key.encode(), value, loop, done),
+                self._cfg.max_block_s + 1.0,
+            )
+            ack = await asyncio.wait_for(done, self._cfg.produce_timeout_s)
+            ok = True
+            return ack
+        except TimeoutError as exc:
+            raise Unavailable(
+                f"Kafka did not acknowledge the write within {self._cfg.produce_timeout_s:.1f}s"
+            ) from exc
+        finally:
+            if self._on_latency is not None:
+                self._on_latency(topic, time.perf_counter() - start, ok)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Flush what is buffered and close."""
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.flush(timeout=timeout_s)
+            finally:
+                producer.close(timeout=timeout_s)
+
+
+class TopicFollower(threading.Thread):
+    """Reads every partition of a topic from the end (no consumer group: each
+    replica sees every record) and hands each value to ``on_record``."""
+
+    def __init__(self, cfg: KafkaConfig, topic: str, on_record: Callable[[bytes], None]) -> None:
+        super().__init__(name=f"follow-{topic}", daemon=True)
+        self._cfg = cfg
+        self._topic = topic
+        self._on_record = on_record
+        self._stop_event = threading.Event()
+        self.ready = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                self._follow()
+            except Exception:
+                log.exception("following %s failed; retrying", self._topic)
+                self._stop_event.wait(1.0)
+
+    def _follow(self) -> None:
+        consumer = KafkaConsumer(
+            bootstrap_servers=self._cfg.bootstrap_servers,
+            client_id=f"{self._cfg.client_id}-follower",
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=self._cfg.fetch_max_wait_ms,
+            bootstrap_timeout_ms=int(self._cfg.bootstrap_timeout_s * 1000),
+        )
+        try:
+            partitions = consumer.partitions_for_topic(self._topic)
+            while not partitions and not self._stop_event.wait(0.5):
+                partitions = consumer.partitions_for_topic(self._topic)
+            tps = [TopicPartition(self._topic, p) for p in sorted(partitions or [])]
+            consumer.assign(tps)
+            consumer.seek_to_end(*tps)
+            for tp in tps:
+                consumer.position(tp)
+            self.ready.set()
+            while not self._stop_event.is_set():
+                for records in consumer.poll(timeout_ms=200).values():
+                    for record in records:
+                        self._on_record(record.value)
+        finally:
+            consumer.close()

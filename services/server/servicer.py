@@ -1,0 +1,83 @@
+"""Thin gRPC servicer: protobuf in -> pure core -> protobuf out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from personalize.v1 import assistant_pb2 as pb
+from personalize.v1 import assistant_pb2_grpc as pb_grpc
+from services.contract.auth import Authenticator
+from services.server.core import AssistantCore, UserStatusView
+from services.server.validation import Message, validate_feedback, validate_generate
+
+
+class AssistantServicer(pb_grpc.AssistantServicer):
+    """Each call is first authenticated and authorised for its user_id
+    (services/contract/auth.py), then validated, then handed to the core."""
+
+    def __init__(self, core: AssistantCore, limits, auth: Authenticator) -> None:  # type: ignore[no-untyped-def]
+        self._core = core
+        self._limits = limits
+        self._auth = auth
+
+    async def Generate(self, request: pb.GenerateRequest,
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
+        self._auth.check(context.invocation_metadata(), request.user_id)
+        params = validate_generate(
+            request.user_id,
+            [Message(m.role, m.content) for m in request.messages],
+            request.num_candidates,
+            request.max_tokens,
+            request.temperature if request.HasField("temperature") else None,
+            request.top_p if request.HasField("top_p") else None,
+            request.seed if request.HasField("seed") else None,
+            self._limits,
+            base_model=request.base_model,
+        )
+        async for c in self._core.generate(params):
+            yield pb.GenerateResponse(
+                response_id=c.response_id, candidate_index=c.candidate_index, text=c.text,
+                finished=c.finished, adapter_version=c.adapter_version,
+                finish_reason=c.finish_reason, completion_tokens=c.completion_tokens)
+
+    async def SubmitFeedback(self, request: pb.FeedbackRequest,
+                             context: grpc.aio.ServicerContext) -> pb.FeedbackAck:
+        self._auth.check(context.invocation_metadata(), request.user_id, request.labeler_id)
+        kind = request.WhichOneof("kind")
+        if kind == "thumbs":
+            ids, up = [request.thumbs.response_id], request.thumbs.up
+        else:
+            ids, up = list(request.ranking.response_ids), None
+        params = validate_feedback(request.user_id, request.labeler_id, request.feedback_id,
+                                   kind, ids, up)
+        result = await self._core.submit_feedback(params)
+        return pb.FeedbackAck(feedback_id=result.feedback_id, partition=result.partition,
+                              offset=result.offset)
+
+    async def GetUserStatus(self, request: pb.UserStatusRequest,
+                            context: grpc.aio.ServicerContext) -> pb.UserStatus:
+        self._auth.check(context.invocation_metadata(), request.user_id)
+        return to_proto_status(self._core.user_status(request.user_id))
+
+
+def to_proto_status(view: UserStatusView) -> pb.UserStatus:
+    status = pb.UserStatus(
+        user_id=view.user_id, adapter_version=view.adapter_version,
+        feedback_accepted=view.feedback_accepted, generations_served=view.generations_served)
+    t = view.trainer
+    if t is None:
+        return status
+    status.MergeFrom(pb.UserStatus(
+        feedback_events_trained=t.feedback_events, preference_pairs=t.preference_pairs,
+        thumbs_labels=t.thumbs_labels, reward_model_accuracy=t.reward_model_accuracy,
+        reward_model_shared_accuracy=t.reward_model_shared_accuracy,
+        reward_model_heldout_pairs=t.reward_model_heldout_pairs,
+        last_reward_before=t.last_reward_before, last_reward_after=t.last_reward_after,
+        last_kl=t.last_kl, last_publish_decision=t.last_publish_decision,
+        labelers=[pb.LabelerScore(labeler_id=s.labeler_id, agreement=s.agreement,
+                                  judgements=s.judgements, flagged=s.flagged)
+                  for s in t.labelers],
+        trainer_updated_at=t.updated_at))
+    return status

@@ -1,0 +1,251 @@
+"""The trainer's durable, derived state: consumed generations and feedback, joined.
+
+Kafka is the source of truth; the journal is a materialised view of the
+partitions this process owns. Each polled batch is written in ONE SQLite
+transaction together with the next offset of every partition it came from, so
+after a crash the consumer resumes exactly where the durable data ends:
+nothing acknowledged is lost and nothing is counted twice (feedback is also
+unique by (user_id, feedback_id), so a client's retry is used once). A
+partition the journal has never seen is read from the beginning, which
+rebuilds the state after a rebalance or on a new host.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.contract.errors import InvalidArgument
+from services.contract.ids import validate_user_id
+from services.contract.records import FeedbackRecord, GenerationRecord, Record, RecordError
+from trainer.data.preferences import FeedbackEvent
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS generations (
+  response_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, group_id TEXT NOT NULL,
+  body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS feedback (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, feedback_id TEXT NOT NULL,
+  partition INTEGER NOT NULL, body TEXT NOT NULL, state TEXT NOT NULL,
+  received_at REAL NOT NULL, UNIQUE (user_id, feedback_id));
+CREATE INDEX IF NOT EXISTS feedback_pending ON feedback (state, received_at);
+CREATE TABLE IF NOT EXISTS positions (
+  topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+  PRIMARY KEY (topic, partition));
+CREATE TABLE IF NOT EXISTS trained (user_id TEXT PRIMARY KEY, through_seq INTEGER NOT NULL,
+  at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """One record as polled (topic, partition, offset, key, value)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    record: Consumed
+    reason: str
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A feedback event with the generations it rates, ready for preference data."""
+
+    seq: int
+    event: FeedbackEvent
+    generations: dict[str, GenerationRecord]
+
+
+class Journal:
+    def __init__(self, path: str | Path, generations_topic: str, feedback_topic: str) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        if (not self._db.execute("SELECT 1 FROM users LIMIT 1").fetchone()
+                and self._db.execute("SELECT 1 FROM feedback LIMIT 1").fetchone()):
+            # a journal written before the users table: fill it once
+            self._db.execute("INSERT OR IGNORE INTO users SELECT DISTINCT user_id FROM feedback")
+        self._gen_topic, self._fb_topic = generations_topic, feedback_topic
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- ingest ------------------------------------------------------------------------
+    def apply(self, batch: Sequence[Consumed],
+              dead_letter: Callable[[list[DeadLetter]], None] = lambda _: None) -> int:
+        """Durably add a polled batch and advance its partitions' positions;
+        returns how many feedback events it joined with their generations.
+
+        Each record is parsed once. Unparseable ones are handed to
+        ``dead_letter`` BEFORE the transaction (the caller writes them to the
+        dead-letter topic and waits for the ack), so a crash in between only
+        repeats a dead letter and never loses one; they are then skipped.
+        """
+        parsed, dead = self._parse(batch)
+        if dead:
+            dead_letter(dead)
+        now = time.time()
+        cur = self._db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            for r in batch:
+                record = parsed.get((r.topic, r.partition, r.offset))
+                if isinstance(record, GenerationRecord):
+                    cur.execute("INSERT OR IGNORE INTO generations VALUES (?, ?, ?, ?)",
+                                (record.response_id, record.user_id, record.group_id,
+                                 r.value.decode()))
+                elif isinstance(record, FeedbackRecord):
+                    cur.execute("INSERT OR IGNORE INTO feedback (user_id, feedback_id, partition,"
+                                " body, state, received_at) VALUES (?, ?, ?, ?, 'pending', ?)",
+                                (record.user_id, record.feedback_id, r.partition,
+                                 r.value.decode(), now))
+                    cur.execute("INSERT OR IGNORE INTO users VALUES (?)", (record.user_id,))
+                cur.execute(
+                    "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT (topic, partition) "
+                    "DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)",
+                    (r.topic, r.partition, r.offset + 1))
+            joined = self._join_pending(cur)
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        return joined
+
+    def _parse(self, batch: Iterable[Consumed]
+               ) -> tuple[dict[tuple[str, int, int], Record], list[DeadLetter]]:
+        parsed: dict[tuple[str, int, int], Record] = {}
+        dead: list[DeadLetter] = []
+        for r in batch:
+            try:
+                if r.topic == self._gen_topic:
+                    record: Record = GenerationRecord.from_json(r.value)
+                elif r.topic == self._fb_topic:
+                    record = FeedbackRecord.from_json(r.value)
+                    _to_event(record)  # validates the feedback's shape
+                else:
+                    dead.append(DeadLetter(r, f"unexpected topic {r.topic}"))
+                    continue
+                _check_ids(record)  # user ids reach the adapter store's paths
+            except (RecordError, ValueError, TypeError, InvalidArgument) as exc:
+                dead.append(DeadLetter(r, f"unparseable: {exc}"))
+                continue
+            parsed[(r.topic, r.partition, r.offset)] = record
+        return parsed, dead
+
+    def _generations(self, cur: sqlite3.Cursor | sqlite3.Connection, columns: str,
+                     response_ids: Sequence[str]) -> list[tuple[str, ...]]:
+        marks = ",".join("?" * len(response_ids))
+        return cur.execute(f"SELECT {columns} FROM generations WHERE response_id IN ({marks})",
+                           list(response_ids)).fetchall()
+
+    def _join_pending(self, cur: sqlite3.Cursor) -> int:
+        joined = 0
+        rows = cur.execute("SELECT seq, body FROM feedback WHERE state = 'pending'").fetchall()
+        for seq, body in rows:
+            record = FeedbackRecord.from_json(body.encode())
+            found = self._generations(cur, "user_id, group_id", record.response_ids)
+            if len(found) < len(record.response_ids):
+                continue
+            ok = all(u == record.user_id and g == record.group_id for u, g in found)
+            cur.execute("UPDATE feedback SET state = ? WHERE seq = ?",
+                        ("joined" if ok else "dead:mismatch", seq))
+            joined += ok
+        return joined
+
+    def expire_pending(self, older_than_s: float) -> list[tuple[str, str]]:
+        """Feedback whose generations never arrived: mark dead, return (user, body)."""
+        cutoff = time.time() - older_than_s
+        cur = self._db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        rows = cur.execute("SELECT seq, user_id, body FROM feedback WHERE state = 'pending' "
+                           "AND received_at < ?", (cutoff,)).fetchall()
+        cur.executemany("UPDATE feedback SET state = 'dead:unjoinable' WHERE seq = ?",
+                        [(seq,) for seq, _, _ in rows])
+        cur.execute("COMMIT")
+        return [(user, body) for _, user, body in rows]
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        return {(t, p): o for t, p, o in self._db.execute("SELECT * FROM positions")}
+
+    # -- reads for training ---------------------------------------------------------
+    def joined(self, user_id: str) -> list[Joined]:
+        rows = self._db.execute("SELECT seq, body FROM feedback WHERE user_id = ? AND "
+                                "state = 'joined' ORDER BY seq", (user_id,)).fetchall()
+        out = []
+        for seq, body in rows:
+            record = FeedbackRecord.from_json(body.encode())
+            gens = self._generations(self._db, "response_id, body", record.response_ids)
+            out.append(Joined(seq, _to_event(record),
+                              {rid: GenerationRecord.from_json(b.encode()) for rid, b in gens}))
+        return out
+
+    def pending_users(self, partitions: set[int] | None = None) -> dict[str, tuple[int, float]]:
+        """Users with joined feedback newer than their last training:
+        user -> (new events, seconds since the oldest of them arrived)."""
+        rows = self._db.execute(
+            "SELECT f.user_id, f.partition, COUNT(*), MIN(f.received_at) FROM feedback f "
+            "LEFT JOIN trained t ON t.user_id = f.user_id WHERE f.state = 'joined' "
+            "AND f.seq > COALESCE(t.through_seq, 0) GROUP BY f.user_id, f.partition").fetchall()
+        now = time.time()
+        return {u: (n, now - oldest) for u, p, n, oldest in rows
+                if partitions is None or p in partitions}
+
+    def mark_trained(self, user_id: str, through_seq: int) -> None:
+        self._db.execute("INSERT INTO trained VALUES (?, ?, ?) ON CONFLICT (user_id) DO UPDATE "
+                         "SET through_seq = excluded.through_seq, at = excluded.at",
+                         (user_id, through_seq, time.time()))
+
+    def feedback_ids(self, user_id: str | None = None) -> list[str]:
+        """Every feedback id in the training data (joined), in arrival order."""
+        query = "SELECT feedback_id FROM feedback WHERE state = 'joined'"
+        args: tuple[str, ...] = ()
+        if user_id is not None:
+            query, args = query + " AND user_id = ?", (user_id,)
+        return [r[0] for r in self._db.execute(query + " ORDER BY seq", args)]
+
+    def user_count(self) -> int:
+        """Users with any feedback in the journal (a count of the small users table)."""
+        return self._db.execute("SELECT COUNT(*) FROM users").fetchone()[0]
+
+    def counts(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT state, COUNT(*) FROM feedback GROUP BY state")
+        out = {state: n for state, n in rows}
+        out["generations"] = self._db.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
+        return out
+
+
+def _to_event(record: FeedbackRecord) -> FeedbackEvent:
+    return FeedbackEvent(
+        feedback_id=record.feedback_id, user_id=record.user_id, labeler_id=record.labeler_id,
+        group_id=record.group_id, kind=record.kind,  # type: ignore[arg-type]
+        response_ids=tuple(record.response_ids), up=record.up, created_at=record.created_at)
+
+
+def _check_ids(record: Record) -> None:
+    validate_user_id(getattr(record, "user_id", ""))
+    if isinstance(record, FeedbackRecord):
+        if record.labeler_id:
+            validate_user_id(record.labeler_id, "labeler_id")
+        if not all(isinstance(rid, str) for rid in record.response_ids):
+            raise TypeError("response_ids must be strings")
+
+
+def dead_letter_body(d: DeadLetter) -> dict[str, object]:
+    return {"source_topic": d.record.topic, "partition": d.record.partition,
+            "offset": d.record.offset, "reason": d.reason,
+            "key": d.record.key.decode("utf-8", "replace") if d.record.key else None,
+            "value": d.record.value.decode("utf-8", "replace")}
+

@@ -1,0 +1,216 @@
+"""One user's training turn: preferences -> reward model -> PPO -> gate -> publish.
+
+Models load lazily on the first turn. The policy is the served base model plus
+the user's LoRA (loaded from the user's latest published adapter); PPO runs a
+bounded number of iterations per turn; the candidate is published only if it
+beats the adapter the user is served (training goes on from a refused
+candidate, but it is always compared with what is served) on the user's
+held-out prompts and stays within the KL bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from services.contract.status import LabelerReport, TrainerReport, finite
+from services.contract.store import AdapterStore
+from trainer.config import TrainerConfig
+from trainer.data.chat import ChatMessages, prompt_text
+from trainer.data.examples import UserExamples
+from trainer.loop.gate import evaluate, judge
+from trainer.loop.publish import Announce, Publisher
+from trainer.metrics import TrainerMetrics
+from trainer.ppo.config import UserProgress
+from trainer.ppo.policies import PolicyPool
+from trainer.ppo.rollout import render_prompts
+from trainer.ppo.trainer import PPOTrainer
+from trainer.reward.data import stable_hash
+from trainer.reward.model import PersonalRewardModel
+from trainer.reward.shared_sample import SharedSample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    user_id: str
+    decision: str
+    published_version: str = ""
+    reward_before: float = math.nan
+    reward_after: float = math.nan
+    kl: float = math.nan
+    rm_accuracy: float | None = None
+    steps: int = 0
+    interrupted: bool = False
+    rm_accuracy_shared: float | None = None
+    """Held-out accuracy of the shared reward model alone on the same pairs."""
+    rm_heldout_pairs: int = 0
+    """Held-out pairs both accuracies were measured on (0: not measured)."""
+
+
+class Learner:
+    def __init__(self, cfg: TrainerConfig, store: AdapterStore, metrics: TrainerMetrics,
+                 announce: Announce) -> None:
+        self._cfg = cfg
+        self._store = store
+        self._metrics = metrics
+        self._state = Path(cfg.state_dir)
+        self.model_id = cfg.policy_model_id or Path(cfg.policy_model).resolve().name
+        self._publisher = Publisher(store, announce, self.model_id)
+        # what the shared reward head trains on: a bounded sample of everyone's examples
+        self._shared = SharedSample(cfg.reward.shared_max_examples,
+                                    cfg.reward.shared_max_examples_per_user, cfg.reward.seed)
+        # the weights each user is served (the gate's baseline); training continues
+        # from refused candidates, but they are always compared with this
+        self._served: dict[str, dict[str, torch.Tensor]] = {}
+        self._rm: PersonalRewardModel | None = None
+        self._ppo: PPOTrainer | None = None
+
+    # -- lazily loaded models ---------------------------------------------------------------
+    def _models(self) -> tuple[PersonalRewardModel, PPOTrainer]:
+        if self._rm is None or self._ppo is None:
+            heads = self._state / "reward-heads"
+            heads.mkdir(parents=True, exist_ok=True)
+            rm = PersonalRewardModel(
+                self._cfg.reward,
+                user_source=lambda u: (heads / f"{u}.safetensors") if (
+                    heads / f"{u}.safetensors").exists() else None,
+                on_evict=lambda u: rm.save_user(u, heads / f"{u}.safetensors"))
+            pool = PolicyPool.from_pretrained(self._cfg.policy_model, self._cfg.ppo,
+                                              adapter_source=self._latest_adapter)
+            pool.add_evict_hook(lambda u: self._served.pop(u, None))  # reloads the published
+            self._rm, self._ppo = rm, PPOTrainer(pool, self._cfg.ppo)
+        return self._rm, self._ppo
+
+    def _latest_adapter(self, user_id: str) -> Path | None:
+        version = self._store.latest(user_id)
+        return self._store.version_dir(user_id, version) if version else None
+
+    # -- the turn ---------------------------------------------------------------------------
+    def turn(self, user_id: str, ex: UserExamples,
+             should_stop: Callable[[], bool] = lambda: False) -> TurnResult:
+        """One turn; ``should_stop`` is checked between PPO iterations, and an
+        interrupted turn publishes nothing (it is simply run again later)."""
+        start = time.perf_counter()
+        self._metrics.pairs.inc(len(ex.data.pairs))
+        if len(ex.pairs) + len(ex.thumbs) < self._cfg.schedule.min_pairs:
+            return TurnResult(user_id, "waiting: too little preference data")
+        rm, ppo = self._models()
+        # 1. reward model: the shared part on everyone's data, then this user's part
+        self._shared.put(user_id, ex.pairs, ex.thumbs)
+        shared = rm.train_shared(*self._shared.examples())
+        personal = rm.train_user(user_id, ex.pairs, ex.thumbs)
+        self._metrics.rm_loss.labels("shared").set(shared.loss)
+        self._metrics.rm_loss.labels("user").set(personal.loss)
+        if personal.heldout_accuracy is not None:
+            self._metrics.rm_accuracy.observe(personal.heldout_accuracy)
+        reward_fn = self._reward_fn(rm, ppo, user_id, ex.train_prompts + ex.eval_prompts)
+        # 2. PPO from the user's current adapter, on the user's own prompts
+        self._restore_progress(ppo, user_id)
+        ppo.pool.activate(user_id)
+        served = self._served.setdefault(user_id, _snapshot(ppo.pool, user_id))
+        steps = 0
+        for _ in range(self._cfg.schedule.ppo_steps_per_turn):
+            if should_stop():
+                return TurnResult(user_id, "interrupted", interrupted=True)
+            run = ppo.train_user(user_id, ex.train_prompts, reward_fn, steps=1)
+            steps += run.steps
+            for step in run.history:
+                self._metrics.ppo_steps.inc()
+                self._metrics.ppo_reward.set(step.score)
+                self._metrics.ppo_kl.set(step.kl)
+                self._metrics.ppo_clipfrac.set(step.clipfrac)
+            if run.stopped_reason != "budget":  # the seed's stop rule ended the run
+                break
+        # 3. gate: the candidate vs the adapter the user is served, on held-out prompts
+        gate_prompts = held_out_sample(user_id, ex.eval_prompts, self._cfg.publish.eval_prompts)
+        new_score, new_kl = evaluate(ppo, user_id, gate_prompts, reward_fn,
+                                     self._cfg.publish.eval_samples)
+        candidate = _snapshot(ppo.pool, user_id)
+        _restore(ppo.pool, user_id, served)
+        old_score, _ = evaluate(ppo, user_id, gate_prompts, reward_fn,
+                                self._cfg.publish.eval_samples, with_kl=False)
+        _restore(ppo.pool, user_id, candidate)
+        result = self._decide(user_id, ex, steps, old_score, new_score, new_kl,
+                              personal.heldout_accuracy, ppo)
+        result = replace(result, rm_accuracy_shared=personal.heldout_accuracy_shared,
+                         rm_heldout_pairs=personal.n_heldout_pairs)
+        if result.published_version:
+            self._served[user_id] = candidate
+        self._metrics.turn_seconds.observe(time.perf_counter() - start)
+        self._metrics.adapters_in_memory.set(len(ppo.pool.resident_users()))
+        return result
+
+    def _reward_fn(self, rm: PersonalRewardModel, ppo: PPOTrainer, user_id: str,
+                   prompts: Sequence[ChatMessages]) -> Callable[..., torch.Tensor]:
+        """Scores rendered prompts with the reward model's prompt format."""
+        as_text = dict(zip(render_prompts(ppo.pool.tokenizer, prompts),
+                           [prompt_text(p) for p in prompts], strict=True))
+        return lambda rendered, completions: rm.score(
+            user_id, [as_text.get(r, r) for r in rendered], completions)
+
+    def _restore_progress(self, ppo: PPOTrainer, user_id: str) -> None:
+        if ppo.progress(user_id).steps or not (version := self._store.latest(user_id)):
+            return
+        m = self._store.manifest(user_id, version)
+        ppo.set_progress(user_id, UserProgress(
+            steps=m.steps, kl_coef=float(m.metrics.get("kl_coef", self._cfg.ppo.kl_coef))))
+
+    def _decide(self, user_id: str, ex: UserExamples, steps: int, old: float, new: float,
+                kl: float, accuracy: float | None, ppo: PPOTrainer) -> TurnResult:
+        verdict = judge(self._cfg.publish, steps, old, new, kl)
+        if verdict.publish:
+            progress = ppo.progress(user_id)
+            with tempfile.TemporaryDirectory() as tmp:
+                ppo.pool.export_adapter(user_id, Path(tmp))
+                version = self._publisher.publish(
+                    user_id, Path(tmp), steps=progress.steps, feedback_count=ex.feedback_events,
+                    reward_before=old, reward_after=new, kl=kl,
+                    metrics={"kl_coef": progress.kl_coef, "turn_steps": steps})
+            self._metrics.published.inc()
+            return TurnResult(user_id, f"published {version}", version, old, new, kl,
+                              accuracy, steps)
+        self._metrics.refused.labels(verdict.reason).inc()  # one of metrics.REFUSAL_REASONS
+        return TurnResult(user_id, verdict.decision, "", old, new, kl, accuracy, steps)
+
+    def status(self, user_id: str, ex: UserExamples, result: TurnResult) -> TrainerReport:
+        """The report GetUserStatus serves for the user."""
+        return TrainerReport(
+            feedback_events=ex.feedback_events, preference_pairs=len(ex.data.pairs),
+            thumbs_labels=len(ex.data.thumbs),
+            reward_model_accuracy=finite(result.rm_accuracy),
+            reward_model_shared_accuracy=finite(result.rm_accuracy_shared),
+            reward_model_heldout_pairs=result.rm_heldout_pairs,
+            last_reward_before=finite(result.reward_before),
+            last_reward_after=finite(result.reward_after), last_kl=finite(result.kl),
+            last_publish_decision=result.decision,
+            labelers=tuple(LabelerReport(s.labeler_id, s.agreement, s.judgements, s.flagged)
+                           for s in ex.data.labelers.values()),
+            updated_at=time.time())
+
+
+def held_out_sample(user_id: str, prompts: Sequence[ChatMessages],
+                    limit: int) -> list[ChatMessages]:
+    """At most ``limit`` of the user's held-out prompts, chosen by a stable hash, so the
+    gate's work stays bounded as the history grows and the sample changes only when a
+    new prompt hashes below the ones chosen."""
+    ranked = sorted(prompts, key=lambda p: stable_hash(user_id, prompt_text(p)))
+    return ranked[:limit]
+
+
+def _snapshot(pool: PolicyPool, user_id: str) -> dict[str, torch.Tensor]:
+    return {k: p.detach().clone() for k, p in pool.adapter_parameters(user_id).items()}
+
+
+def _restore(pool: PolicyPool, user_id: str, snap: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for k, p in pool.adapter_parameters(user_id).items():
+            p.copy_(snap[k])

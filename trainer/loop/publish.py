@@ -1,0 +1,36 @@
+"""Publishing: a new adapter version in the store (atomic rename, manifest), then its
+announcement on ``adapter-updates``, which every server replica follows to hot-swap it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from services.contract.records import AdapterUpdateRecord
+from services.contract.store import AdapterStore
+
+Announce = Callable[[AdapterUpdateRecord], None]
+"""Sends a record to the adapter-updates topic and returns once the broker has it."""
+
+
+class Publisher:
+    def __init__(self, store: AdapterStore, announce: Announce, model_id: str) -> None:
+        self._store = store
+        self._announce = announce
+        self.model_id = model_id
+
+    def publish(self, user_id: str, adapter_dir: Path, *, steps: int, feedback_count: int,
+                reward_before: float, reward_after: float, kl: float,
+                metrics: Mapping[str, float]) -> str:
+        """Store the adapter in ``adapter_dir`` as the user's next version, announce it,
+        and return the version."""
+        manifest = self._store.publish(
+            user_id, adapter_dir, self.model_id, steps=steps, feedback_count=feedback_count,
+            reward_before=reward_before, reward_after=reward_after, kl=kl,
+            metrics=dict(metrics))
+        self._announce(AdapterUpdateRecord(
+            user_id=user_id, version=manifest.version, sha256=manifest.sha256,
+            base_model=manifest.base_model, created_at=time.time(),
+            metrics={"reward_before": reward_before, "reward_after": reward_after, "kl": kl}))
+        return manifest.version
