@@ -73,7 +73,8 @@ def make_server_config(tmp: Path, bootstrap: str, engine_config, **overrides):  
 
     kafka = KafkaConfig(bootstrap_servers=bootstrap, produce_timeout_s=3.0, max_block_s=1.0)
     return dataclasses.replace(
-        ServerConfig(port=0, metrics_port=0, adapter_store=str(tmp), engine=engine_config,
+        ServerConfig(port=0, metrics_port=0, http_port=0, adapter_store=str(tmp),
+                     engine=engine_config,
                      kafka=kafka, limits=GenerationLimits(default_max_tokens=16),
                      store_rescan_s=0, drain_timeout_s=5.0),
         **overrides)
@@ -90,7 +91,7 @@ def server(loop_thread, tiny_engine, broker, engine_config, adapter_store_dir): 
     from services.server.main import AssistantServer
 
     cfg = make_server_config(adapter_store_dir, broker.bootstrap, engine_config,
-                             metrics_port=free_port())
+                             metrics_port=free_port(), http_port=free_port())
     srv = loop_thread.call(AssistantServer, cfg, tiny_engine)
     loop_thread.run(srv.start())
     yield srv
@@ -109,6 +110,12 @@ def stub(channel: grpc.Channel):  # type: ignore[no-untyped-def]
     from personalize.v1 import assistant_pb2_grpc
 
     return assistant_pb2_grpc.AssistantStub(channel)
+
+
+@pytest.fixture(scope="session")
+def http_url(server) -> str:  # type: ignore[no-untyped-def]
+    """Base URL of the session server's OpenAI-compatible HTTP API (same engine)."""
+    return f"http://127.0.0.1:{server.http_port}"
 
 
 @pytest.fixture()

@@ -1,4 +1,5 @@
-"""Domain errors raised by the pure core; one interceptor maps them to gRPC codes."""
+"""Domain errors raised by the pure core; one interceptor maps them to gRPC codes,
+one handler (services/server/http/errors.py) to HTTP status codes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,14 @@ class DomainError(Exception):
 
 class InvalidArgument(DomainError):
     code_name = "INVALID_ARGUMENT"
+
+
+class ContextTooLong(InvalidArgument):
+    """The prompt plus the completion asked for do not fit the model's context."""
+
+
+class RequestTooLarge(InvalidArgument):
+    """The request itself is bigger than the server accepts."""
 
 
 class NotFound(DomainError):

@@ -70,7 +70,7 @@ class GenerationLimits:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """The gRPC inference server."""
+    """The inference server: gRPC, and the OpenAI-compatible HTTP API."""
 
     host: str = "127.0.0.1"
     """Address the gRPC server binds."""
@@ -80,6 +80,11 @@ class ServerConfig:
     """Port of the Prometheus /metrics endpoint (0 disables it)."""
     metrics_host: str = "127.0.0.1"
     """Address the metrics endpoint binds."""
+    http_port: int = 8000
+    """Port of the OpenAI-compatible HTTP API (/v1/chat/completions, /v1/feedback,
+    ...) served on ``host`` by the same process and engine (0 disables it)."""
+    http_max_body_bytes: int = 4 * 1024 * 1024
+    """Largest HTTP request body accepted; a bigger one is answered 413."""
     adapter_store: str = ".cache/adapters"
     """Root of the adapter store: <root>/<user_id>/<version>/."""
     response_keys: str = ""

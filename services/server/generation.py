@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 
-from services.contract.errors import InvalidArgument, ResourceExhausted, Unavailable
+from services.contract.errors import ContextTooLong, ResourceExhausted, Unavailable
 from services.contract.records import GenerationRecord
 from services.server.config import ServerConfig
 from services.server.engine import Engine, Sampling
@@ -40,6 +40,8 @@ class Chunk:
     adapter_version: str
     finish_reason: str = ""
     completion_tokens: int = 0
+    prompt_tokens: int = 0
+    """Tokens of the templated prompt (set on the finished piece)."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class GenerationService:
         prompt_ids = self._engine.encode_chat(params.messages)
         limit = self._engine.max_model_len
         if len(prompt_ids) + params.max_tokens > limit:
-            raise InvalidArgument(
+            raise ContextTooLong(
                 f"prompt is {len(prompt_ids)} tokens; with max_tokens {params.max_tokens} it "
                 f"exceeds the context of {limit} tokens")
         self._running += 1
@@ -168,7 +170,7 @@ class GenerationService:
             )
             await self._record(record)
             await queue.put(Chunk(response_id, index, "", True, version, reason or "stop",
-                                  len(tokens)))
+                                  len(tokens), len(call.prompt_ids)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - surfaced to the stream's reader

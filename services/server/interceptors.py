@@ -13,6 +13,8 @@ from services.contract.errors import DomainError, InvalidArgument
 from services.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
+API = "grpc"
+"""The ``api`` label of the request metrics this interceptor counts."""
 
 
 def _code(exc: DomainError) -> grpc.StatusCode:
@@ -80,14 +82,14 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         else:
             log.exception("%s failed", method, exc_info=exc)
             code = grpc.StatusCode.INTERNAL
-        self._metrics.requests.labels(method, code.name).inc()
+        self._metrics.requests.labels(method, code.name, API).inc()
         await context.abort(code, str(exc) if isinstance(exc, DomainError) else "internal error")
 
     def _done(self, method: str, start: float, context: grpc.aio.ServicerContext) -> None:
-        self._metrics.request_seconds.labels(method).observe(time.perf_counter() - start)
+        self._metrics.request_seconds.labels(method, API).observe(time.perf_counter() - start)
         code = context.code() if hasattr(context, "code") else None
         name = code.name if isinstance(code, grpc.StatusCode) else "OK"
-        self._metrics.requests.labels(method, name).inc()
+        self._metrics.requests.labels(method, name, API).inc()
 
     def _wrap_unary(self, behaviour: Callable[..., Awaitable[Any]], method: str) -> Callable:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -1,8 +1,9 @@
-"""The inference server: wires the engine, store, Kafka and the core into grpc.aio.
+"""The inference server: wires the engine, store, Kafka and the core into grpc.aio,
+and the same core into the OpenAI-compatible HTTP API (services/server/http/).
 
 Entry point ``personalize-server``. Stops gracefully on SIGINT/SIGTERM: health
-goes NOT_SERVING, new calls are refused, in-flight streams drain, the producer
-flushes.
+(and HTTP readiness) goes NOT_SERVING, new calls are refused, in-flight streams
+of both APIs drain, the producer flushes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from services.server.engine import Engine, VllmEngine
 from services.server.feedback import FeedbackService
 from services.server.generation import GenerationService
 from services.server.hot_swap import AdapterManager
+from services.server.http.app import HttpApi, HttpContext
+from services.server.http.runner import HttpServer
 from services.server.interceptors import ErrorMappingInterceptor
 from services.server.kafka_io import DurableProducer, TopicFollower
 from services.server.metrics import ServerMetrics
@@ -72,6 +75,11 @@ class AssistantServer:
         self._follower: TopicFollower | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._metrics_http = None
+        self.http_port = 0
+        """Port of the HTTP API once started (0: disabled)."""
+        self.http: HttpApi | None = None
+        self._http_server: HttpServer | None = None
+        self._accepting = False
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
@@ -99,7 +107,11 @@ class AssistantServer:
         self._server = server
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        # 3. metrics on their own port
+        self._accepting = True
+        # 3. the OpenAI-compatible HTTP API, on this loop, over the same core
+        if self.cfg.http_port:
+            await self._start_http()
+        # 4. metrics on their own port
         if self.cfg.metrics_port:
             self._metrics_http = start_http_server(self.cfg.metrics_port, self.cfg.metrics_host,
                                                    registry=self.metrics.registry)
@@ -108,6 +120,17 @@ class AssistantServer:
         if not self.auth.enabled:
             log.warning(OPEN_WARNING, self.cfg.host, self.port)
         return self.port
+
+    async def _start_http(self) -> None:
+        self.http = HttpApi(HttpContext(
+            core=self.core, limits=self.cfg.limits, auth=self.auth, metrics=self.metrics,
+            model_id=self.engine.model_id, max_body_bytes=self.cfg.http_max_body_bytes,
+            max_in_flight=self.cfg.max_concurrent_rpcs, ready=lambda: self._accepting,
+            alive=lambda: not self.engine.dead))
+        self._http_server = HttpServer(self.http.app, self.cfg.host, self.cfg.http_port,
+                                       self.cfg.drain_timeout_s)
+        self.http_port = await self._http_server.start()
+        log.info("OpenAI-compatible HTTP API on http://%s:%d/v1", self.cfg.host, self.http_port)
 
     async def _rescan_forever(self) -> None:
         while True:
@@ -123,14 +146,20 @@ class AssistantServer:
         while not self.engine.dead:
             await asyncio.sleep(poll_s)
         log.error("the inference engine failed; reporting NOT_SERVING and exiting")
+        self._accepting = False
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def stop(self) -> None:
         """Stop accepting, drain in-flight streams, flush the producer."""
+        self._accepting = False
         await self.health.enter_graceful_shutdown()
+        draining = []
         if self._server is not None:
-            await self._server.stop(grace=self.cfg.drain_timeout_s)
+            draining.append(self._server.stop(grace=self.cfg.drain_timeout_s))
+        if self._http_server is not None:
+            draining.append(self._http_server.stop())
+        await asyncio.gather(*draining)
         for task in self._tasks:
             task.cancel()
         if self._follower is not None:
@@ -154,7 +183,8 @@ async def serve(cfg: ServerConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"personalize server listening on {cfg.host}:{server.port}, "
+    http = f"HTTP on http://{cfg.host}:{server.http_port}/v1, " if server.http_port else ""
+    print(f"personalize server listening on {cfg.host}:{server.port}, {http}"
           f"metrics on http://{cfg.metrics_host}:{cfg.metrics_port}/metrics, "
           f"auth {'on' if server.auth.enabled else 'OFF (open to anyone)'}", flush=True)
     stopped = asyncio.create_task(stop.wait())

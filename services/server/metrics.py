@@ -28,11 +28,12 @@ class ServerMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         p = "personalize_server_"
-        self.requests = Counter(p + "requests", "gRPC calls by method and status code.",
-                                ["method", "code"], registry=r)
+        self.requests = Counter(p + "requests", "Calls by method, status code (gRPC's name, "
+                                "on both APIs) and api (grpc, http).",
+                                ["method", "code", "api"], registry=r)
         self.request_seconds = Histogram(p + "request_duration_seconds",
-                                         "Whole gRPC call latency by method.", ["method"],
-                                         buckets=_LATENCY, registry=r)
+                                         "Whole-call latency by method and api (grpc, http).",
+                                         ["method", "api"], buckets=_LATENCY, registry=r)
         self.ttft = Histogram(p + "time_to_first_token_seconds",
                               "Time from request to the first streamed token.",
                               buckets=_LATENCY, registry=r)

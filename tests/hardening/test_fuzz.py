@@ -255,6 +255,6 @@ def test_server_healthy_after_fuzzing(secure_server, secure_channel, secure_stub
     assert out.finished[0].completion_tokens == 4
     for method in REQUEST_TYPES:
         for code in ("INTERNAL", "UNKNOWN"):
-            assert secure_server.metrics.requests.labels(method, code)._value.get() == 0, \
+            assert secure_server.metrics.requests.labels(method, code, "grpc")._value.get() == 0, \
                 f"{method} answered {code}"
     assert secure_server.core.generation.running == 0

@@ -66,7 +66,8 @@ def test_stream_limit(servers, kafka, user_id: str) -> None:  # type: ignore[no-
                 call.cancel()
             wait_idle(srv)
             assert generate(stub, user_id, max_tokens=2).finished[0].completion_tokens == 2
-            refused = srv.metrics.requests.labels("Generate", "RESOURCE_EXHAUSTED")._value.get()
+            refused = srv.metrics.requests.labels("Generate", "RESOURCE_EXHAUSTED",
+                                                 "grpc")._value.get()
             assert refused == 1
     finally:
         servers.stop(srv)

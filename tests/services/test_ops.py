@@ -38,8 +38,9 @@ def test_metrics_scrape(stub, server, user_id: str) -> None:  # type: ignore[no-
     with pytest.raises(grpc.RpcError):
         list(stub.Generate(chat_request(user_id, max_tokens=999999), timeout=10))
     text = _scrape(server.cfg.metrics_port)
-    assert 'personalize_server_requests_total{code="OK",method="Generate"}' in text
-    assert 'personalize_server_requests_total{code="INVALID_ARGUMENT",method="Generate"}' in text
+    assert 'personalize_server_requests_total{api="grpc",code="OK",method="Generate"}' in text
+    assert ('personalize_server_requests_total{api="grpc",code="INVALID_ARGUMENT",'
+            'method="Generate"}') in text
     for name in ("time_to_first_token_seconds_count", "inter_token_latency_seconds_count",
                  "generated_tokens_total", "kafka_produce_duration_seconds_count",
                  "active_adapters", "running_streams"):

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP transport: JSON in -> the same AssistantCore -> JSON / SSE out."""
