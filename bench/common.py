@@ -161,7 +161,8 @@ class Publisher:
                                        enable_idempotence=True)
 
     def publish(self, user_id: str, adapter_dir: Path) -> AdapterManifest:
-        manifest = self.store.publish(user_id, adapter_dir, self.base_model)
+        manifest = self.store.publish(user_id, adapter_dir, self.base_model,
+                                      self.store.latest(user_id) or "")
         record = AdapterUpdateRecord(user_id=user_id, version=manifest.version,
                                      sha256=manifest.sha256, base_model=manifest.base_model,
                                      created_at=time.time())

@@ -25,6 +25,11 @@ class ScheduleConfig:
     """Preference pairs (or thumbs) a user needs before PPO runs."""
     idle_sleep_s: float = 0.5
     """Pause of the training loop when no user is due."""
+    quarantine_base_s: float = 30.0
+    """A user whose turn raised sits out this long before its next turn; each further
+    consecutive failure doubles the wait (exponential backoff). Other users train on."""
+    quarantine_max_s: float = 3600.0
+    """Longest wait of a quarantined user (the backoff stops doubling here)."""
 
 
 @dataclass(frozen=True)

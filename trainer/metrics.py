@@ -47,6 +47,17 @@ class TrainerMetrics:
                                  registry=r)
         self.refused = Counter(p + "adapters_refused", "Candidates not published, by reason.",
                                ["reason"], registry=r)
+        self.publish_fenced = Counter(p + "publish_fenced", "Candidates refused by the store "
+                                      "because their parent was no longer the latest version "
+                                      "(another trainer published the user meanwhile).",
+                                      registry=r)
+        self.turns_interrupted = Counter(p + "turns_interrupted", "Turns stopped before "
+                                         "publishing (shutdown, or the user's partition was "
+                                         "revoked).", registry=r)
+        self.turn_failures = Counter(p + "turn_failures", "Turns that raised; the user is "
+                                     "quarantined with backoff.", registry=r)
+        self.users_quarantined = Gauge(p + "users_quarantined", "Users whose turns are held "
+                                       "back after a failure.", registry=r)
         self.feedback_to_publish = Histogram(p + "feedback_to_publish_seconds",
                                              "Oldest new feedback of a turn to its publish.",
                                              buckets=_SECONDS, registry=r)

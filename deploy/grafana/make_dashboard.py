@@ -112,6 +112,14 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[dict]]]]] = [
          + rate(T + "adapters_refused", "reason", "refused {{reason}}")),
         ("Adapters in memory", "short", "User adapters resident in each trainer's policy "
          "model.", gauge(T + "adapters_in_memory", "instance")),
+        ("Turns failed, interrupted, fenced", "ops", "Turns that raised (TrainerTurnsFailing), "
+         "turns stopped by shutdown or a revoked partition, and publishes refused because "
+         "another trainer published the user meanwhile.",
+         rate(T + "turn_failures", legend="failed")
+         + rate(T + "turns_interrupted", legend="interrupted")
+         + rate(T + "publish_fenced", legend="fenced")),
+        ("Users quarantined", "short", "Users held back with backoff after a failed turn, "
+         "per trainer.", gauge(T + "users_quarantined", "instance")),
     ]),
     ("Kafka", [
         ("Produce latency", "s", "Time to a broker acknowledgement, by topic (p99).",

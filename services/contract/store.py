@@ -3,11 +3,19 @@
 Versions are written to a temporary directory and renamed into place, so a
 reader sees a whole version or none. Servers verify a version before serving
 it. Shared by the server (reads) and the trainer (publishes).
+
+Publishing is fenced: a publish names the version its candidate was trained
+from and becomes that version's successor (``v<n+1>``) or nothing. It is
+refused with :class:`StaleParent` when another version is already the latest,
+and two publishers racing from the same parent race for one directory name,
+which rename(2) gives to exactly one of them (renaming a directory onto an
+existing non-empty one fails). See docs/operations.md#the-adapter-store.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -37,6 +45,18 @@ class AdapterRejected(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
+
+
+class StaleParent(Exception):
+    """A publish refused because the candidate's parent is no longer the latest version
+    (another trainer published in between: the candidate would discard its progress)."""
+
+    def __init__(self, user_id: str, parent_version: str, latest: str) -> None:
+        super().__init__(f"user {user_id}: trained from {parent_version or 'no adapter'}, "
+                         f"but the latest version is {latest or 'none'}")
+        self.user_id = user_id
+        self.parent_version = parent_version
+        self.latest = latest
 
 
 @dataclass(frozen=True)
@@ -72,6 +92,20 @@ def _atomic_write(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or new entry in ``path`` durable (a no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class AdapterStore:
@@ -147,9 +181,17 @@ class AdapterStore:
                        max_rank, allowed_targets)
         return manifest
 
-    def publish(self, user_id: str, adapter_dir: Path, base_model: str,
+    def publish(self, user_id: str, adapter_dir: Path, base_model: str, parent_version: str,
                 **manifest_fields: Any) -> AdapterManifest:
-        """Copy a PEFT adapter directory in as the user's next version, atomically."""
+        """Copy a PEFT adapter directory in, atomically, as the successor of
+        ``parent_version`` (the version it was trained from; "" for none).
+
+        Raises StaleParent, leaving the store unchanged, when ``parent_version`` is
+        not the user's latest version, also when a concurrent publisher from the
+        same parent renamed its version into place first.
+        """
+        version = f"v{version_number(parent_version) + 1 if parent_version else 1}"
+        self._check_parent(user_id, parent_version)
         udir = self.user_dir(user_id)
         udir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=udir, prefix=".staging-"))
@@ -157,20 +199,33 @@ class AdapterStore:
             for item in adapter_dir.iterdir():
                 if item.is_file():
                     shutil.copy2(item, staging / item.name)
-            parent = self.latest(user_id) or ""
-            version = f"v{version_number(parent) + 1 if parent else 1}"
             manifest = AdapterManifest(
                 user_id=user_id, version=version, base_model=base_model,
-                sha256=sha256_file(staging / WEIGHTS_FILE), parent_version=parent,
+                sha256=sha256_file(staging / WEIGHTS_FILE), parent_version=parent_version,
                 created_at=time.time(), **manifest_fields,
             )
             _atomic_write(staging / MANIFEST_FILE, json.dumps(dataclasses.asdict(manifest)))
-            os.rename(staging, udir / version)  # fails if a concurrent writer took it
+            _fsync_dir(staging)
+            self._check_parent(user_id, parent_version)  # copying took a while
+            try:
+                os.rename(staging, udir / version)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                raise StaleParent(user_id, parent_version,
+                                  self.latest(user_id) or version) from exc
+            _fsync_dir(udir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        log.info("published adapter %s/%s", user_id, version)
+        log.info("published adapter %s/%s (parent %s)", user_id, version,
+                 parent_version or "none")
         return manifest
+
+    def _check_parent(self, user_id: str, parent_version: str) -> None:
+        latest = self.latest(user_id) or ""
+        if latest != parent_version:
+            raise StaleParent(user_id, parent_version, latest)
 
     def write_status(self, user_id: str, report: TrainerReport) -> None:
         """The trainer's per-user report, read by GetUserStatus on any replica."""

@@ -185,7 +185,7 @@ def drive_traffic(stub, live_server, broker, tiny_model_dir: Path, tmp_path: Pat
         list(stub.Generate(chat_request(user, max_tokens=999999), timeout=10))
     store = live_server.store
     bad = store.publish(other, make_adapter(tiny_model_dir, tmp_path / "bad", seed=5),
-                        live_server.engine.model_id)
+                        live_server.engine.model_id, store.latest(other) or "")
     corrupt_manifest_sha(store.version_dir(other, bad.version))
     announce(broker.bootstrap, live_server.cfg.kafka.adapter_updates_topic, bad)
 

@@ -108,7 +108,8 @@ def test_corrupted_adapters_refused_last_good_kept(servers, broker, tiny_model_d
             adapter_dir = make()
             if reason == "unreadable":
                 (adapter_dir / WEIGHTS_FILE).write_bytes(b"\x00" * 64)
-            manifest = store.publish(user_id, adapter_dir, base or model_id)
+            manifest = store.publish(user_id, adapter_dir, base or model_id,
+                                     store.latest(user_id) or "")
             if reason == "checksum":
                 corrupt_manifest_sha(store.version_dir(user_id, manifest.version))
             announce(broker.bootstrap, topic, manifest)

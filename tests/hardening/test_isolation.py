@@ -120,7 +120,7 @@ def test_only_ever_served_own_adapter(secure_stub, secure_server, loop_thread, t
     prompt = dict(text="tell me about the sea", max_tokens=8, temperature=0.0)
     base = generate(secure_stub, bob, metadata=tokens(bob), **prompt).texts[0]
     store.publish(alice, make_adapter(tiny_model_dir, tmp_path / "a", seed=5),
-                  secure_server.engine.model_id)
+                  secure_server.engine.model_id, store.latest(alice) or "")
     # bob's directory holds a copy of alice's adapter: its manifest names alice
     shutil.copytree(store.version_dir(alice, "v1"), store.user_dir(bob) / "v1")
     loop_thread.run(secure_server.adapters.scan())

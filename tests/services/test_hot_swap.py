@@ -95,7 +95,8 @@ def test_bad_adapter_is_refused_and_last_good_kept(stub, server, store, broker, 
                    make_adapter(tiny_model_dir, tmp_path / "good", seed=3), model_id)
     good_text = wait_for_version(stub, user, good.version).texts[0]
     before = server.metrics.adapter_refusals.labels("checksum")._value.get()
-    bad = store.publish(user, make_adapter(tiny_model_dir, tmp_path / "bad", seed=4), model_id)
+    bad = store.publish(user, make_adapter(tiny_model_dir, tmp_path / "bad", seed=4), model_id,
+                        store.latest(user) or "")
     corrupt_manifest_sha(store.version_dir(user, bad.version))
     from tests.support.adapters import announce
 

@@ -29,8 +29,8 @@ def make_adapter(base_dir: Path, out_dir: Path, seed: int, rank: int = 8) -> Pat
 
 def publish(store: AdapterStore, bootstrap: str, topic: str, user_id: str, adapter_dir: Path,
             base_model: str) -> AdapterManifest:
-    """Store the adapter as the user's next version and announce it."""
-    manifest = store.publish(user_id, adapter_dir, base_model)
+    """Store the adapter as the successor of the user's latest version and announce it."""
+    manifest = store.publish(user_id, adapter_dir, base_model, store.latest(user_id) or "")
     announce(bootstrap, topic, manifest)
     return manifest
 

@@ -99,10 +99,10 @@ def test_gate_refuses_then_publishes(learner_setup) -> None:  # type: ignore[no-
     assert all(torch.equal(now[k], learner._served[USER][k]) for k in now)
     assert metrics.published._value.get() == 1
     status = learner.status(USER, ex, third)
-    assert status["preference_pairs"] == 12 and status["last_publish_decision"] == "published v1"
+    assert status.preference_pairs == 12 and status.last_publish_decision == "published v1"
     rm_cfg = RewardModelConfig()
     held = split_heldout(ex.pairs, rm_cfg.heldout_fraction, rm_cfg.seed)[1]
-    assert status["reward_model_heldout_pairs"] == third.rm_heldout_pairs == len(held) > 0
+    assert status.reward_model_heldout_pairs == third.rm_heldout_pairs == len(held) > 0
     assert third.rm_accuracy is not None
 
 
@@ -113,3 +113,61 @@ def test_interrupted_turn_publishes_nothing(learner_setup) -> None:  # type: ign
     result = learner.turn(USER, ex, should_stop=lambda: True)
     assert result.interrupted and result.decision == "interrupted"
     assert len(announced) == before
+
+
+def _rival_publish(store: AdapterStore, parent: str, tmp: Path) -> str:
+    """Another trainer publishes the user: a copy of ``parent`` with other weights."""
+    from safetensors.torch import load_file, save_file
+
+    src = store.version_dir(USER, parent)
+    tmp.mkdir()
+    for f in src.iterdir():
+        if f.name != "manifest.json":
+            (tmp / f.name).write_bytes(f.read_bytes())
+    weights = load_file(str(tmp / "adapter_model.safetensors"))
+    save_file({k: v + 0.01 for k, v in weights.items()}, str(tmp / "adapter_model.safetensors"))
+    return store.publish(USER, tmp, "tiny", parent, steps=100).version
+
+
+def test_publish_from_a_superseded_parent_is_fenced_then_reloaded(  # type: ignore[no-untyped-def]
+        learner_setup, tmp_path: Path) -> None:
+    """Another trainer publishes the user while this one's turn runs: the candidate
+    (trained from the older version) is refused by the store and counted, nothing is
+    announced, the turn is dropped; the next turn reloads the rival's version and
+    publishes its successor, naming it as the parent."""
+    learner, cfg, announced, metrics = learner_setup
+    store = AdapterStore(cfg.adapter_store)
+    learner._cfg = dataclasses.replace(cfg, publish=dataclasses.replace(
+        cfg.publish, min_improvement=-1e9, kl_bound=1e9))
+    ex = build_examples(USER, joined_history(), PreferenceConfig())
+    parent = store.latest(USER) or ""
+    if not parent:  # run alone: publish a first version through the gate
+        assert learner.turn(USER, ex).published_version == "v1"
+        parent = "v1"
+    before, fenced = len(announced), metrics.publish_fenced._value.get()
+    rival: list[str] = []
+
+    def rival_publishes_mid_turn() -> bool:
+        if not rival:
+            rival.append(_rival_publish(store, parent, tmp_path / "rival"))
+        return False
+
+    result = learner.turn(USER, ex, should_stop=rival_publishes_mid_turn)
+    assert result.interrupted and result.decision.startswith("fenced"), result.decision
+    assert metrics.publish_fenced._value.get() == fenced + 1
+    assert store.latest(USER) == rival[0] and len(announced) == before
+    rival_weights = store.manifest(USER, rival[0]).sha256
+
+    nxt = learner.turn(USER, ex)
+    assert nxt.published_version == f"v{int(rival[0][1:]) + 1}", nxt.decision
+    manifest = store.manifest(USER, nxt.published_version)
+    assert manifest.parent_version == rival[0] and manifest.sha256 != rival_weights
+    assert manifest.steps > 100, "progress was restored from the rival's manifest"
+    assert metrics.publish_fenced._value.get() == fenced + 1
+
+    # between turns: the next turn starts from the rival's version, so nothing is fenced
+    between = _rival_publish(store, nxt.published_version, tmp_path / "rival2")
+    last = learner.turn(USER, ex)
+    assert last.published_version == f"v{int(between[1:]) + 1}", last.decision
+    assert store.manifest(USER, last.published_version).parent_version == between
+    assert metrics.publish_fenced._value.get() == fenced + 1

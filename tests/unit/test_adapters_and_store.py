@@ -12,7 +12,12 @@ from safetensors.torch import save_file
 from services.contract import store as store_module
 from services.contract.config import KafkaConfig, from_mapping
 from services.contract.records import FeedbackRecord, GenerationRecord, RecordError
-from services.contract.store import AdapterRejected, AdapterStore
+from services.contract.store import (
+    AdapterManifest,
+    AdapterRejected,
+    AdapterStore,
+    StaleParent,
+)
 from services.server.config import ServerConfig
 from services.server.metrics import ADAPTER_REFUSAL_REASONS
 from services.server.routing import AdapterRegistry, LoraCacheModel
@@ -95,13 +100,96 @@ def _adapter(dir_: Path, rank: int = 8, value: float = 0.1) -> Path:
 
 def test_publish_versions_and_verify(tmp_path: Path) -> None:
     store = AdapterStore(tmp_path / "store")
-    m1 = store.publish("alice", _adapter(tmp_path / "a"), "base", steps=3)
-    m2 = store.publish("alice", _adapter(tmp_path / "b"), "base")
+    m1 = store.publish("alice", _adapter(tmp_path / "a"), "base", "", steps=3)
+    m2 = store.publish("alice", _adapter(tmp_path / "b"), "base", "v1")
     assert (m1.version, m2.version, m2.parent_version) == ("v1", "v2", "v1")
     assert store.versions("alice") == ["v1", "v2"] and store.users() == ["alice"]
     assert store.verify("alice", "v2", "base", max_rank=8).steps == 0
     assert store.manifest("alice", "v1").steps == 3
     assert not [p for p in (tmp_path / "store" / "alice").iterdir() if p.name.startswith(".")]
+
+
+def _weights(store: AdapterStore, user: str, version: str) -> bytes:
+    return (store.version_dir(user, version) / "adapter_model.safetensors").read_bytes()
+
+
+def _staging_left(store: AdapterStore, user: str) -> list[str]:
+    return [p.name for p in store.user_dir(user).iterdir() if p.name.startswith(".")]
+
+
+def test_publish_from_a_stale_parent_is_refused(tmp_path: Path) -> None:
+    """A zombie trainer's candidate, trained from v1 after another trainer published
+    v2, must not become v3 (it would discard v2's progress): the store is unchanged."""
+    store = AdapterStore(tmp_path / "store")
+    store.publish("alice", _adapter(tmp_path / "a", value=0.1), "base", "")
+    store.publish("alice", _adapter(tmp_path / "b", value=0.2), "base", "v1")
+    v2 = _weights(store, "alice", "v2")
+    for parent in ("v1", "", "v3"):
+        with pytest.raises(StaleParent) as err:
+            store.publish("alice", _adapter(tmp_path / f"z{parent}", value=0.9), "base", parent)
+        assert (err.value.parent_version, err.value.latest) == (parent, "v2")
+    assert store.versions("alice") == ["v1", "v2"] and store.latest("alice") == "v2"
+    assert _weights(store, "alice", "v2") == v2 and not _staging_left(store, "alice")
+    m3 = store.publish("alice", _adapter(tmp_path / "c", value=0.3), "base", "v2")
+    assert (m3.version, m3.parent_version) == ("v3", "v2")
+    with pytest.raises(StaleParent):  # the first version is fenced too: "" is a parent
+        store.publish("bob", _adapter(tmp_path / "d"), "base", "v1")
+    assert store.versions("bob") == []
+
+
+def test_publish_losing_a_rename_race_is_refused_cleanly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two trainers publish from the same parent; the other one's rename lands between
+    this one's parent check and its rename. The loser gets StaleParent (not an OSError),
+    the winner's version stays intact, and no staging directory is left behind."""
+    store = AdapterStore(tmp_path / "store")
+    store.publish("alice", _adapter(tmp_path / "a", value=0.1), "base", "")
+    rival = AdapterStore(tmp_path / "store")
+    real_rename = store_module.os.rename
+    raced: list[AdapterManifest] = []
+    ours: list[str] = []
+
+    def rename_after_rival(src: str, dst: str) -> None:
+        if not ours:  # the rival wins the race for v2 just before our rename
+            ours.append(src)
+            raced.append(rival.publish("alice", _adapter(tmp_path / "r", value=0.5),
+                                       "base", "v1"))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(store_module.os, "rename", rename_after_rival)
+    with pytest.raises(StaleParent) as err:
+        store.publish("alice", _adapter(tmp_path / "b", value=0.9), "base", "v1")
+    assert err.value.latest == "v2" and raced[0].version == "v2"
+    assert store.versions("alice") == ["v1", "v2"]
+    assert store.manifest("alice", "v2").sha256 == raced[0].sha256
+    assert not _staging_left(store, "alice")
+
+
+def test_concurrent_publishers_from_one_parent_make_one_version(tmp_path: Path) -> None:
+    """Real threads: of 8 publishers trained from v1, exactly one becomes v2."""
+    import threading
+
+    store = AdapterStore(tmp_path / "store")
+    store.publish("alice", _adapter(tmp_path / "a"), "base", "")
+    dirs = [_adapter(tmp_path / f"c{i}", value=0.1 * i) for i in range(8)]
+    outcomes: list[str] = []
+    gate = threading.Barrier(len(dirs))
+
+    def publish(d: Path) -> None:
+        gate.wait()
+        try:
+            outcomes.append(AdapterStore(tmp_path / "store").publish("alice", d, "base",
+                                                                     "v1").version)
+        except StaleParent:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=publish, args=(d,)) for d in dirs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["refused"] * 7 + ["v2"]
+    assert store.versions("alice") == ["v1", "v2"] and not _staging_left(store, "alice")
 
 
 @pytest.mark.parametrize(("make", "reason", "base", "max_rank"), [
@@ -111,7 +199,7 @@ def test_publish_versions_and_verify(tmp_path: Path) -> None:
 ])
 def test_verify_refuses(tmp_path: Path, make, reason: str, base: str, max_rank: int) -> None:  # type: ignore[no-untyped-def]
     store = AdapterStore(tmp_path / "store")
-    m = store.publish("bob", make(tmp_path / "a"), "base")
+    m = store.publish("bob", make(tmp_path / "a"), "base", "")
     with pytest.raises(AdapterRejected) as err:
         store.verify("bob", m.version, base, max_rank)
     assert err.value.reason == reason
@@ -119,7 +207,7 @@ def test_verify_refuses(tmp_path: Path, make, reason: str, base: str, max_rank: 
 
 def test_verify_refuses_tampered_weights(tmp_path: Path) -> None:
     store = AdapterStore(tmp_path / "store")
-    m = store.publish("bob", _adapter(tmp_path / "a"), "base")
+    m = store.publish("bob", _adapter(tmp_path / "a"), "base", "")
     save_file({"w": torch.zeros(2, 2)}, str(store.version_dir("bob", m.version)
                                             / "adapter_model.safetensors"))
     with pytest.raises(AdapterRejected, match="checksum"):

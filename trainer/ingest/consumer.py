@@ -31,6 +31,7 @@ class _Resume(ConsumerRebalanceListener):
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
+        self._ingest.revoke(revoked)
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self._ingest.resume(assigned)
@@ -47,12 +48,24 @@ class Ingest(threading.Thread):
         self._stop_event = threading.Event()
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
-        self.assigned: set[int] = set()
+        self.assigned: frozenset[int] = frozenset()
+        """Partitions of the feedback topic this process owns (replaced, never mutated:
+        the training thread reads it while rebalances happen on this thread)."""
         self.error: BaseException | None = None
         self._to_validate: list[TopicPartition] = []
 
     def stop(self) -> None:
         self._stop_event.set()
+
+    def owns(self, partition: int | None) -> bool:
+        """Whether this process owns ``partition`` of the feedback topic now."""
+        return partition is not None and partition in self.assigned
+
+    def revoke(self, revoked: list[TopicPartition]) -> None:
+        """Stop owning partitions at once, so training of their users stops (between PPO
+        iterations) before another member is assigned them."""
+        gone = {tp.partition for tp in revoked if tp.topic == self._cfg.kafka.feedback_topic}
+        self.assigned = self.assigned - gone
 
     def resume(self, assigned: list[TopicPartition]) -> None:
         assert self._consumer is not None
@@ -64,8 +77,8 @@ class Ingest(threading.Thread):
             else:
                 self._consumer.seek(tp, pos)
         self._to_validate = list(assigned)  # checked on this thread before the next poll
-        self.assigned = {tp.partition for tp in assigned
-                         if tp.topic == self._cfg.kafka.feedback_topic}
+        self.assigned = frozenset(tp.partition for tp in assigned
+                                  if tp.topic == self._cfg.kafka.feedback_topic)
         log.info("owning partitions %s (resumed from the journal)", sorted(self.assigned))
 
     def run(self) -> None:

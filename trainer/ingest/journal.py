@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,7 +192,7 @@ class Journal:
                               {rid: GenerationRecord.from_json(b.encode()) for rid, b in gens}))
         return out
 
-    def pending_users(self, partitions: set[int] | None = None) -> dict[str, tuple[int, float]]:
+    def pending_users(self, partitions: Set[int] | None = None) -> dict[str, tuple[int, float]]:
         """Users with joined feedback newer than their last training:
         user -> (new events, seconds since the oldest of them arrived)."""
         rows = self._db.execute(
@@ -202,6 +202,13 @@ class Journal:
         now = time.time()
         return {u: (n, now - oldest) for u, p, n, oldest in rows
                 if partitions is None or p in partitions}
+
+    def partition_of(self, user_id: str) -> int | None:
+        """The feedback partition of the user's latest event (records are keyed by user
+        id, so all of a user's events share one); None for a user with none."""
+        row = self._db.execute("SELECT partition FROM feedback WHERE user_id = ? ORDER BY seq "
+                               "DESC LIMIT 1", (user_id,)).fetchone()
+        return None if row is None else int(row[0])
 
     def mark_trained(self, user_id: str, through_seq: int) -> None:
         self._db.execute("INSERT INTO trained VALUES (?, ?, ?) ON CONFLICT (user_id) DO UPDATE "

@@ -6,6 +6,11 @@ bounded number of iterations per turn; the candidate is published only if it
 beats the adapter the user is served (training goes on from a refused
 candidate, but it is always compared with what is served) on the user's
 held-out prompts and stays within the KL bound.
+
+Publishing is fenced: the candidate names the version its weights were loaded
+from (or last published as); when another trainer published the user meanwhile
+(a rebalance moved the user, or this process is a zombie) the store refuses it,
+the turn is dropped and the user is reloaded from the latest version.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 import torch
 
 from services.contract.status import LabelerReport, TrainerReport, finite
-from services.contract.store import AdapterStore
+from services.contract.store import AdapterStore, StaleParent
 from trainer.config import TrainerConfig
 from trainer.data.chat import ChatMessages, prompt_text
 from trainer.data.examples import UserExamples
@@ -71,6 +76,9 @@ class Learner:
         # the weights each user is served (the gate's baseline); training continues
         # from refused candidates, but they are always compared with this
         self._served: dict[str, dict[str, torch.Tensor]] = {}
+        # the store version this process's state of each user descends from: the one
+        # its weights were loaded from or last published as (the parent a publish names)
+        self._parents: dict[str, str] = {}
         self._rm: PersonalRewardModel | None = None
         self._ppo: PPOTrainer | None = None
 
@@ -91,13 +99,33 @@ class Learner:
         return self._rm, self._ppo
 
     def _latest_adapter(self, user_id: str) -> Path | None:
+        """The pool's adapter source: the user's latest version, recorded as the parent."""
         version = self._store.latest(user_id)
+        self._parents[user_id] = version or ""
         return self._store.version_dir(user_id, version) if version else None
+
+    def _reload_if_superseded(self, ppo: PPOTrainer, user_id: str) -> None:
+        """A user whose latest version is not the one this process's state descends from
+        was published by another trainer (e.g. while a rebalance gave it away)."""
+        known = self._parents.get(user_id)
+        if known is not None and known != (self._store.latest(user_id) or ""):
+            log.info("user %s: a newer version was published elsewhere; reloading", user_id)
+            self._reload(ppo, user_id)
+
+    def _reload(self, ppo: PPOTrainer, user_id: str) -> None:
+        """Continue the user from its latest published version: its weights (when
+        resident; otherwise they load on activation), progress and gate baseline."""
+        self._served.pop(user_id, None)
+        self._parents.pop(user_id, None)
+        ppo.set_progress(user_id, UserProgress(steps=0, kl_coef=self._cfg.ppo.kl_coef))
+        if user_id in ppo.pool.resident_users():  # replaced in place, no evict hooks
+            ppo.pool.load_adapter(user_id, self._latest_adapter(user_id))
 
     # -- the turn ---------------------------------------------------------------------------
     def turn(self, user_id: str, ex: UserExamples,
              should_stop: Callable[[], bool] = lambda: False) -> TurnResult:
-        """One turn; ``should_stop`` is checked between PPO iterations, and an
+        """One turn; ``should_stop`` is checked between PPO iterations and once more
+        before publishing (e.g. shutdown, or the user's partition was revoked), and an
         interrupted turn publishes nothing (it is simply run again later)."""
         start = time.perf_counter()
         self._metrics.pairs.inc(len(ex.data.pairs))
@@ -114,6 +142,7 @@ class Learner:
             self._metrics.rm_accuracy.observe(personal.heldout_accuracy)
         reward_fn = self._reward_fn(rm, ppo, user_id, ex.train_prompts + ex.eval_prompts)
         # 2. PPO from the user's current adapter, on the user's own prompts
+        self._reload_if_superseded(ppo, user_id)
         self._restore_progress(ppo, user_id)
         ppo.pool.activate(user_id)
         served = self._served.setdefault(user_id, _snapshot(ppo.pool, user_id))
@@ -139,12 +168,15 @@ class Learner:
         old_score, _ = evaluate(ppo, user_id, gate_prompts, reward_fn,
                                 self._cfg.publish.eval_samples, with_kl=False)
         _restore(ppo.pool, user_id, candidate)
+        if should_stop():  # e.g. the partition moved during the gate: publish nothing
+            return TurnResult(user_id, "interrupted", interrupted=True)
         result = self._decide(user_id, ex, steps, old_score, new_score, new_kl,
                               personal.heldout_accuracy, ppo)
         result = replace(result, rm_accuracy_shared=personal.heldout_accuracy_shared,
                          rm_heldout_pairs=personal.n_heldout_pairs)
         if result.published_version:
             self._served[user_id] = candidate
+            self._parents[user_id] = result.published_version
         self._metrics.turn_seconds.observe(time.perf_counter() - start)
         self._metrics.adapters_in_memory.set(len(ppo.pool.resident_users()))
         return result
@@ -171,10 +203,17 @@ class Learner:
             progress = ppo.progress(user_id)
             with tempfile.TemporaryDirectory() as tmp:
                 ppo.pool.export_adapter(user_id, Path(tmp))
-                version = self._publisher.publish(
-                    user_id, Path(tmp), steps=progress.steps, feedback_count=ex.feedback_events,
-                    reward_before=old, reward_after=new, kl=kl,
-                    metrics={"kl_coef": progress.kl_coef, "turn_steps": steps})
+                try:
+                    version = self._publisher.publish(
+                        user_id, Path(tmp), parent_version=self._parents.get(user_id, ""),
+                        steps=progress.steps, feedback_count=ex.feedback_events,
+                        reward_before=old, reward_after=new, kl=kl,
+                        metrics={"kl_coef": progress.kl_coef, "turn_steps": steps})
+                except StaleParent as exc:
+                    log.warning("publish fenced, turn dropped: %s", exc)
+                    self._metrics.publish_fenced.inc()
+                    self._reload(ppo, user_id)
+                    return TurnResult(user_id, f"fenced: {exc}", interrupted=True)
             self._metrics.published.inc()
             return TurnResult(user_id, f"published {version}", version, old, new, kl,
                               accuracy, steps)

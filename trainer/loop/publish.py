@@ -1,5 +1,6 @@
-"""Publishing: a new adapter version in the store (atomic rename, manifest), then its
-announcement on ``adapter-updates``, which every server replica follows to hot-swap it."""
+"""Publishing: a new adapter version in the store (atomic rename, manifest, fenced on
+the parent version), then its announcement on ``adapter-updates``, which every server
+replica follows to hot-swap it."""
 
 from __future__ import annotations
 
@@ -20,13 +21,18 @@ class Publisher:
         self._announce = announce
         self.model_id = model_id
 
-    def publish(self, user_id: str, adapter_dir: Path, *, steps: int, feedback_count: int,
-                reward_before: float, reward_after: float, kl: float,
+    def publish(self, user_id: str, adapter_dir: Path, *, parent_version: str, steps: int,
+                feedback_count: int, reward_before: float, reward_after: float, kl: float,
                 metrics: Mapping[str, float]) -> str:
-        """Store the adapter in ``adapter_dir`` as the user's next version, announce it,
-        and return the version."""
+        """Store the adapter in ``adapter_dir`` as the successor of ``parent_version``
+        (the version it was trained from), announce it, and return the version.
+
+        Raises the store's StaleParent, storing and announcing nothing, when
+        ``parent_version`` is no longer the user's latest version.
+        """
         manifest = self._store.publish(
-            user_id, adapter_dir, self.model_id, steps=steps, feedback_count=feedback_count,
+            user_id, adapter_dir, self.model_id, parent_version,
+            steps=steps, feedback_count=feedback_count,
             reward_before=reward_before, reward_after=reward_after, kl=kl,
             metrics=dict(metrics))
         self._announce(AdapterUpdateRecord(

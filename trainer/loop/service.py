@@ -3,7 +3,9 @@
 An ingest thread journals ``generations`` and ``feedback`` (see consumer.py);
 the main loop picks the next due user among the partitions this process owns
 (schedule.py), runs that user's turn (learner.py), records the outcome for
-GetUserStatus, and repeats. SIGTERM/SIGINT stop it between turns.
+GetUserStatus, and repeats. SIGTERM/SIGINT stop it between PPO iterations, and
+so does the revocation of the user's partition (rebalance); a turn that raises
+quarantines its user with backoff instead of ending the process.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from kafka import KafkaProducer
@@ -26,7 +29,7 @@ from trainer.data.examples import build_examples
 from trainer.ingest.consumer import Ingest
 from trainer.ingest.journal import Journal
 from trainer.loop.learner import Learner
-from trainer.loop.schedule import pick_next
+from trainer.loop.schedule import Quarantine, after_failure, pick_next
 from trainer.metrics import TrainerMetrics
 
 log = logging.getLogger("personalize.trainer")
@@ -50,6 +53,7 @@ class TrainerService:
         self.learner = Learner(cfg, self.store, self.metrics, self._announce)
         self.stop_event = threading.Event()
         self._last_trained: dict[str, float] = {}
+        self._quarantine: dict[str, Quarantine] = {}
 
     def _announce(self, record: AdapterUpdateRecord) -> None:
         if self._producer is None:
@@ -74,25 +78,66 @@ class TrainerService:
         return 0
 
     def step(self) -> bool:
-        """Run one due user's turn; False when nobody is due."""
+        """Run one due user's turn; False when nobody is due.
+
+        A turn that raises does not stop the loop: it is logged with the user,
+        counted, and the user is quarantined with exponential backoff
+        (schedule.py) while the others keep training.
+        """
         pending = self.journal.pending_users(self.ingest.assigned)
         self.metrics.users_tracked.set(self.journal.user_count())
-        user = pick_next(pending, self._last_trained, self.cfg.schedule)
+        now = time.monotonic()
+        self._quarantine = {u: q for u, q in self._quarantine.items() if u in pending}
+        self.metrics.users_quarantined.set(len(self._quarantine))
+        user = pick_next(pending, self._last_trained, self.cfg.schedule, self._quarantine, now)
         if user is None:
             return False
-        joined = self.journal.joined(user)
-        oldest_new = pending[user][1]
-        ex = build_examples(user, joined, self.cfg.preferences)
-        result = self.learner.turn(user, ex, self.stop_event.is_set)
-        if result.interrupted:
+        try:
+            self._turn(user, oldest_new=pending[user][1])
+        except Exception as exc:
+            self._quarantine[user] = q = after_failure(self._quarantine.get(user), now,
+                                                       self.cfg.schedule)
+            self.metrics.turn_failures.inc()
+            self.metrics.users_quarantined.set(len(self._quarantine))
+            log.exception("user %s: turn failed (%d in a row); quarantined for %.0f s",
+                          user, q.failures, q.until - now)
+            self._report_failure(user, exc, q.until - now)
             return True
+        self._quarantine.pop(user, None)
+        self.metrics.users_quarantined.set(len(self._quarantine))
+        return True
+
+    def _turn(self, user: str, oldest_new: float) -> None:
+        """The user's turn; stopped between PPO iterations (and before publishing) on
+        shutdown or when the user's partition is no longer this process's."""
+        partition = self.journal.partition_of(user)
+        ex = build_examples(user, self.journal.joined(user), self.cfg.preferences)
+        result = self.learner.turn(user, ex, lambda: (self.stop_event.is_set()
+                                                      or not self.ingest.owns(partition)))
+        if result.interrupted:
+            self.metrics.turns_interrupted.inc()
+            log.info("user %s: %s%s; turn dropped", user, result.decision,
+                     "" if self.ingest.owns(partition) else
+                     f" (partition {partition} is no longer owned)")
+            return
         self.store.write_status(user, self.learner.status(user, ex, result))
         self.journal.mark_trained(user, ex.through_seq)
         self._last_trained[user] = time.monotonic()
         if result.published_version:
             self.metrics.feedback_to_publish.observe(oldest_new)
         log.info("user %s: %s", user, result.decision)
-        return True
+
+    def _report_failure(self, user: str, exc: Exception, wait_s: float) -> None:
+        """Tell GetUserStatus why the user's adapter stopped improving (best effort)."""
+        try:
+            previous = self.store.read_status(user)
+            error = f"{type(exc).__name__}: {exc}"[:200]
+            decision = f"failed: {error}; next try in {wait_s:.0f} s"
+            if previous is not None:
+                self.store.write_status(user, replace(previous, last_publish_decision=decision,
+                                                      updated_at=time.time()))
+        except Exception:  # the store itself failing must not end the loop either
+            log.warning("user %s: status not written", user, exc_info=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,153 @@
+"""The trainer loop (TrainerService.step) around a fake learner: a turn that raises
+quarantines its user with backoff while the others keep training, and a turn whose
+partition is revoked stops and is not counted as trained."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from kafka import TopicPartition
+
+from tests.trainer.test_journal import fb, gen
+from trainer.config import ScheduleConfig, TrainerConfig
+from trainer.data.examples import UserExamples
+from trainer.ingest.journal import Consumed
+from trainer.loop.learner import Learner, TurnResult
+from trainer.loop.service import TrainerService
+
+
+class FakeLearner:
+    """Records turns; raises for users in ``poison``; ``during`` runs inside a turn."""
+
+    status = Learner.status  # builds the report from the examples and result only
+
+    def __init__(self) -> None:
+        self.poison: set[str] = set()
+        self.turns: list[str] = []
+        self.during: Callable[[str, Callable[[], bool]], bool] = lambda user, stop: False
+
+    def turn(self, user_id: str, ex: UserExamples,
+             should_stop: Callable[[], bool] = lambda: False) -> TurnResult:
+        self.turns.append(user_id)
+        if user_id in self.poison:
+            raise ValueError(f"poison data of {user_id}")
+        if self.during(user_id, should_stop):
+            return TurnResult(user_id, "interrupted", interrupted=True)
+        return TurnResult(user_id, "kept: fake")
+
+
+class Offsets:
+    def __init__(self) -> None:
+        self.next: dict[tuple[str, int], int] = {}
+
+    def record(self, topic: str, partition: int, user: str, value: bytes) -> Consumed:
+        off = self.next.get((topic, partition), 0)
+        self.next[(topic, partition)] = off + 1
+        return Consumed(topic, partition, off, user.encode(), value)
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> TrainerService:
+    cfg = TrainerConfig(adapter_store=str(tmp_path / "store"), state_dir=str(tmp_path / "state"),
+                        metrics_port=0,
+                        schedule=ScheduleConfig(min_new_feedback=1, min_pairs=1,
+                                                quarantine_base_s=30.0, quarantine_max_s=100.0))
+    svc = TrainerService(cfg)
+    svc.learner = FakeLearner()  # type: ignore[assignment]
+    svc.ingest.assigned = frozenset({0, 1})
+    svc.offsets = Offsets()  # type: ignore[attr-defined]
+    return svc
+
+
+def feedback(svc: TrainerService, user: str, partition: int, n: int = 1) -> None:
+    """``n`` ranking events of ``user`` joined in the journal, on ``partition``."""
+    off: Offsets = svc.offsets  # type: ignore[attr-defined]
+    batch = []
+    for _ in range(n):
+        i = off.next.get(("feedback", partition), 0)
+        rids, group = [f"{user}-{i}-a", f"{user}-{i}-b"], f"{user}-g{i}"
+        batch += [off.record("generations", partition, user, gen(r, user=user, group=group))
+                  for r in rids]
+        batch.append(off.record("feedback", partition, user,
+                                fb(f"{user}-f{i}", rids, user=user, group=group)))
+    svc.journal.apply(batch)
+
+
+def run_until_idle(svc: TrainerService, limit: int = 20) -> None:
+    for _ in range(limit):
+        if not svc.step():
+            return
+    raise AssertionError("the loop never went idle")
+
+
+def test_a_raising_turn_quarantines_its_user_and_the_others_train(
+        service: TrainerService) -> None:
+    learner: FakeLearner = service.learner  # type: ignore[assignment]
+    learner.poison = {"poison"}
+    feedback(service, "poison", 0, n=3)  # most feedback: picked first
+    feedback(service, "alice", 0)
+    feedback(service, "bob", 1)
+    run_until_idle(service)  # returns: the failure did not escape the loop
+    assert learner.turns == ["poison", "alice", "bob"]
+    assert set(service.journal.pending_users({0, 1})) == {"poison"}, "not marked trained"
+    m = service.metrics
+    assert m.turn_failures._value.get() == 1 and m.users_quarantined._value.get() == 1
+    q = service._quarantine["poison"]
+    assert q.failures == 1
+
+    # new feedback of the others is trained while "poison" sits out its backoff
+    feedback(service, "alice", 0)
+    run_until_idle(service)
+    assert learner.turns[3:] == ["alice"]
+
+    # its time comes: it fails again, and waits twice as long
+    service._quarantine["poison"] = type(q)(q.failures, until=0.0)
+    run_until_idle(service)
+    q2 = service._quarantine["poison"]
+    assert learner.turns[4:] == ["poison"] and q2.failures == 2
+    assert m.turn_failures._value.get() == 2
+    assert (q2.until - q.until) == pytest.approx(60.0 - 30.0, abs=5.0)
+
+    # the data is fixed (or the bug): a completed turn lifts the quarantine
+    learner.poison = set()
+    service._quarantine["poison"] = type(q)(q2.failures, until=0.0)
+    run_until_idle(service)
+    assert learner.turns[5:] == ["poison"] and "poison" not in service._quarantine
+    assert m.users_quarantined._value.get() == 0
+    assert service.journal.pending_users({0, 1}) == {}
+
+    # a later failure is reported to GetUserStatus, keeping the last good report
+    learner.poison = {"poison"}
+    feedback(service, "poison", 0)
+    run_until_idle(service)
+    status = service.store.read_status("poison")
+    assert status is not None and status.feedback_events == 3
+    assert status.last_publish_decision.startswith("failed: ValueError: poison data")
+
+
+def test_a_revoked_partition_stops_the_turn_which_is_not_counted(
+        service: TrainerService) -> None:
+    learner: FakeLearner = service.learner  # type: ignore[assignment]
+    feedback(service, "alice", 0)
+    feedback(service, "bob", 1)
+    seen: list[tuple[bool, bool]] = []
+
+    def rebalance_during_alice(user: str, should_stop: Callable[[], bool]) -> bool:
+        if user != "alice":
+            return False
+        before = should_stop()
+        service.ingest.revoke([TopicPartition("feedback", 0), TopicPartition("generations", 0)])
+        seen.append((before, should_stop()))
+        return should_stop()
+
+    learner.during = rebalance_during_alice
+    run_until_idle(service)
+    assert seen == [(False, True)], "ownership is checked live, not only when picked"
+    assert learner.turns == ["alice", "bob"] and service.ingest.assigned == {1}
+    assert service.metrics.turns_interrupted._value.get() == 1
+    assert service.store.read_status("alice") is None
+    # alice stays untrained here: its new owner trains it from the journal it rebuilds
+    assert set(service.journal.pending_users()) == {"alice"}
+    assert service.journal.partition_of("alice") == 0 and service.journal.partition_of("x") is None
