@@ -35,8 +35,25 @@ def all_topics(cfg: KafkaConfig) -> list[str]:
     return base + [t + cfg.dlq_suffix for t in base]
 
 
+KEEP_FOREVER_MS = -1
+ADAPTER_UPDATES_RETENTION_MS = 7 * 24 * 3600 * 1000
+DEAD_LETTER_RETENTION_MS = 30 * 24 * 3600 * 1000
+
+
+def topic_retention_ms(cfg: KafkaConfig) -> dict[str, int]:
+    """retention.ms of each topic (docs/operations.md, "Topics"). generations and
+    feedback are kept forever: a trainer that takes over a partition rebuilds its users'
+    complete preference data from them; adapter-updates only notifies (servers also
+    rescan the store); dead letters are kept long enough to inspect and replay."""
+    out = {cfg.generations_topic: KEEP_FOREVER_MS, cfg.feedback_topic: KEEP_FOREVER_MS,
+           cfg.adapter_updates_topic: ADAPTER_UPDATES_RETENTION_MS}
+    out.update({t + cfg.dlq_suffix: DEAD_LETTER_RETENTION_MS for t in list(out)})
+    return out
+
+
 def ensure_topics(cfg: KafkaConfig, timeout_s: float = 30.0) -> list[str]:
-    """Create the service's topics if missing; returns the ones created."""
+    """Create the service's topics if missing, with their retention; returns the ones
+    created. Existing topics are left as they are."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -51,8 +68,10 @@ def ensure_topics(cfg: KafkaConfig, timeout_s: float = 30.0) -> list[str]:
     try:
         existing = set(admin.list_topics())
         missing = [t for t in all_topics(cfg) if t not in existing]
-        spec = {"num_partitions": cfg.partitions, "replication_factor": cfg.replication_factor}
+        retention = topic_retention_ms(cfg)
         for topic in missing:
+            spec = {"num_partitions": cfg.partitions, "replication_factor": cfg.replication_factor,
+                    "configs": {"retention.ms": str(retention[topic])}}
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics({topic: spec}, wait_for_metadata=True)
         return missing
