@@ -39,8 +39,18 @@ def test_images_bind_all_interfaces_on_the_default_ports() -> None:
     for dockerfile in (DOCKER / "Dockerfile.server", DOCKER / "Dockerfile.trainer"):
         body = dockerfile.read_text()
         assert "FROM python:3.11-slim" in body
-        assert "grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto" in body
+        # the package build generates the protobuf code (setup.py), no manual protoc step
+        assert "COPY pyproject.toml setup.py README.md ./" in body
+        assert "pip install --no-deps ." in body
         assert "services.devstack.prepare_model --out" in body
+        assert "COPY services/contract ./services/contract" in body
+        assert "COPY services ./services" not in body  # only what the service needs
+    server_body = (DOCKER / "Dockerfile.server").read_text()
+    trainer_body = (DOCKER / "Dockerfile.trainer").read_text()
+    assert "COPY services/server ./services/server" in server_body
+    assert "COPY trainer" not in server_body and "services/client" not in server_body
+    assert "COPY trainer ./trainer" in trainer_body
+    assert "services/server" not in trainer_body and "services/client" not in trainer_body
 
 
 def test_every_port_setting_is_the_default() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.client.sdk import cli
+from services.client import cli
 from tests.deploy.helpers import (
     K8S,
     SERVER,

@@ -15,7 +15,7 @@ import pytest
 import torch
 from vllm.lora.ops.torch_ops import lora_ops
 
-from services.server.main import vllm_fixes
+from services.server import vllm_fixes
 from tests.services.helpers import greedy, wait_for_version
 from tests.support.adapters import make_adapter, publish
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from services.contract.errors import InvalidArgument
-from services.server.config import GenerationLimits
 from services.contract.ids import validate_user_id, validate_version
+from services.server.config import GenerationLimits
 from services.server.validation import Message, validate_feedback, validate_generate
 
 LIMITS = GenerationLimits(default_max_tokens=32, max_tokens_limit=64, max_candidates=4)

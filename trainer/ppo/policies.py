@@ -133,9 +133,6 @@ class PolicyPool:
         """Resident user ids, least recently used first."""
         return list(self._resident)
 
-    def is_resident(self, user_id: str) -> bool:
-        return user_id in self._resident
-
     def user(self, user_id: str) -> ResidentUser:
         """The resident parts of ``user_id`` (KeyError when not resident)."""
         return self._resident[user_id]

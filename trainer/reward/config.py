@@ -118,8 +118,3 @@ class TrainMetrics:
     """Time spent filling the embedding cache (backbone forwards)."""
     seconds: float
     """Wall time of the call, encoding included."""
-
-    @property
-    def examples_per_s(self) -> float:
-        """Training throughput: examples x epochs per second of wall time (encoding included)."""
-        return self.n_train * self.epochs / self.seconds if self.seconds > 0 else 0.0
