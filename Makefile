@@ -14,8 +14,12 @@ NODE_CLIENTS := .cache/node-clients
 .PHONY: up demo test setup proto model lint clean promtool
 .DEFAULT_GOAL := up
 
+# `make up REPLICAS=2 TRAINERS=2`: server replicas (one engine each, consecutive
+# ports) and trainers (one consumer group) sharing the broker and the adapter store.
+REPLICAS ?= 1
+TRAINERS ?= 1
 up: setup
-	$(VENV)/bin/personalize-stack --model $(MODEL_DIR)
+	$(VENV)/bin/personalize-stack --model $(MODEL_DIR) --replicas $(REPLICAS) --trainers $(TRAINERS)
 
 # Simulated users teach their adapters through the public API; see README.
 demo: setup

@@ -124,7 +124,9 @@ def token(args: argparse.Namespace) -> int:
 
 def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--user", required=True)
-    p.add_argument("--server", default="127.0.0.1:50051")
+    p.add_argument("--server", default="127.0.0.1:50051",
+                   help="server address, or several comma-separated (calls are spread "
+                   "over them)")
     p.add_argument("--token", default=os.environ.get("PERSONALIZE_TOKEN") or None,
                    help="bearer token (default: $PERSONALIZE_TOKEN)")
 

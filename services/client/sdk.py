@@ -7,13 +7,18 @@
         candidates = client.complete("alice", "Name a fruit", num_candidates=3)
         client.rank("alice", [c.response_id for c in candidates])
 
-Feedback calls carry a client-made feedback_id, so retries after UNAVAILABLE
-never count twice. With auth on, pass the user's bearer token:
+Several server replicas: pass their addresses comma-separated (or as a list),
+``AssistantClient("10.0.0.1:50051,10.0.0.2:50051")``; calls go to them in turn
+(round robin, one channel each). Any replica accepts feedback on a response
+another one generated. Feedback calls carry a client-made feedback_id, so
+retries after UNAVAILABLE (each on the next replica) never count twice.
+With auth on, pass the user's bearer token:
 ``AssistantClient(target, token=...)`` (``personalize token --user alice``).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -49,11 +54,23 @@ def _messages(messages: Messages) -> list[pb.ChatMessage]:
     return out
 
 
+def parse_targets(target: str | Sequence[str]) -> list[str]:
+    """Server addresses from ``"host:port[,host:port...]"`` or a list of them."""
+    items = target.split(",") if isinstance(target, str) else list(target)
+    targets = [t.strip() for t in items if t.strip()]
+    if not targets:
+        raise ValueError("no server address given")
+    return targets
+
+
 class AssistantClient:
-    def __init__(self, target: str = "127.0.0.1:50051", timeout_s: float = 120.0,
-                 token: str | None = None, feedback_retries: int = 3) -> None:
-        self._channel = grpc.insecure_channel(target)
-        self._stub = pb_grpc.AssistantStub(self._channel)
+    def __init__(self, target: str | Sequence[str] = "127.0.0.1:50051",
+                 timeout_s: float = 120.0, token: str | None = None,
+                 feedback_retries: int = 3) -> None:
+        self.targets = parse_targets(target)
+        self._channels = [grpc.insecure_channel(t) for t in self.targets]
+        self._stubs = [pb_grpc.AssistantStub(c) for c in self._channels]
+        self._turn = itertools.count()
         self._timeout = timeout_s
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._retries = feedback_retries
@@ -65,7 +82,12 @@ class AssistantClient:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        for channel in self._channels:
+            channel.close()
+
+    def _stub(self) -> pb_grpc.AssistantStub:
+        """The next replica's stub (round robin; one call stays on one replica)."""
+        return self._stubs[next(self._turn) % len(self._stubs)]
 
     def stream(self, user_id: str, messages: Messages, *, num_candidates: int = 1,
                max_tokens: int = 0, temperature: float | None = None,
@@ -79,7 +101,7 @@ class AssistantClient:
                                      num_candidates=num_candidates, max_tokens=max_tokens,
                                      temperature=temperature, top_p=top_p, seed=seed,
                                      base_model=base_model)
-        yield from self._stub.Generate(request, timeout=self._timeout, metadata=self._metadata)
+        yield from self._stub().Generate(request, timeout=self._timeout, metadata=self._metadata)
 
     def complete(self, user_id: str, messages: Messages, **kwargs) -> list[Candidate]:  # type: ignore[no-untyped-def]
         """Whole candidates, ordered by index."""
@@ -110,7 +132,7 @@ class AssistantClient:
         delay = 0.5
         for attempt in range(self._retries + 1):
             try:
-                return self._stub.SubmitFeedback(request, timeout=self._timeout,
+                return self._stub().SubmitFeedback(request, timeout=self._timeout,
                                                  metadata=self._metadata)
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == self._retries:
@@ -120,5 +142,5 @@ class AssistantClient:
         raise AssertionError("unreachable")
 
     def status(self, user_id: str) -> pb.UserStatus:
-        return self._stub.GetUserStatus(pb.UserStatusRequest(user_id=user_id),
+        return self._stub().GetUserStatus(pb.UserStatusRequest(user_id=user_id),
                                         timeout=self._timeout, metadata=self._metadata)

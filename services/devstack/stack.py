@@ -2,6 +2,12 @@
 a local Kafka-protocol broker, the topics, the inference server and the trainer,
 each a child process; Ctrl-C stops all of it cleanly.
 
+``--replicas N`` starts N server replicas (each its own engine) on consecutive
+ports (gRPC ``--port``+i, HTTP ``--http-port``+i, metrics ``--metrics-port``+2i),
+``--trainers M`` M trainers in one consumer group (metrics
+``--trainer-metrics-port``+2j, state ``<state dir>-j``); all share the broker and
+the adapter store. ``make up REPLICAS=2 TRAINERS=2``.
+
 Point ``--bootstrap-servers`` at a real Kafka cluster to skip the local broker.
 Every PERSONALIZE_* environment variable is passed on to the children.
 """
@@ -43,12 +49,41 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=50051, help="gRPC port")
     p.add_argument("--metrics-port", type=int, default=9400, help="server /metrics port")
     p.add_argument("--trainer-metrics-port", type=int, default=9401, help="trainer /metrics port")
+    p.add_argument("--http-port", type=int,
+                   default=int(os.environ.get("PERSONALIZE_SERVER_HTTP_PORT", "8000")),
+                   help="HTTP (OpenAI-compatible) port; 0 turns it off")
+    p.add_argument("--replicas", type=int, default=1, help="server replicas (one engine each)")
+    p.add_argument("--trainers", type=int, default=1, help="trainer processes (one group)")
     p.add_argument("--adapter-store", default=".cache/adapters", help="adapter store root")
     p.add_argument("--state-dir", default=".cache/stack", help="logs of the children")
     p.add_argument("--no-trainer", action="store_true", help="serve only")
     p.add_argument("--ready-timeout", type=float, default=300.0,
                    help="seconds to wait for the server to report SERVING")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.replicas < 1 or args.trainers < 0:
+        p.error("--replicas must be >= 1 and --trainers >= 0")
+    return args
+
+
+def replica_env(args: argparse.Namespace, i: int) -> dict[str, str]:
+    """Ports of server replica ``i`` (0 keeps the given ports)."""
+    return {"PERSONALIZE_SERVER_HOST": args.host,
+            "PERSONALIZE_SERVER_PORT": str(args.port + i),
+            "PERSONALIZE_SERVER_HTTP_PORT": str(args.http_port + i if args.http_port else 0),
+            "PERSONALIZE_SERVER_METRICS_PORT": str(args.metrics_port + 2 * i)}
+
+
+def trainer_env(args: argparse.Namespace, j: int, env: dict[str, str]) -> dict[str, str]:
+    """Metrics port and state directory of trainer ``j`` (0 keeps the given ones)."""
+    out = {"PERSONALIZE_TRAINER_METRICS_PORT": str(args.trainer_metrics_port + 2 * j)}
+    if j:
+        base = env.get("PERSONALIZE_TRAINER_STATE_DIR", ".cache/trainer").rstrip("/")
+        out["PERSONALIZE_TRAINER_STATE_DIR"] = f"{base}-{j}"
+    return out
+
+
+def _suffix(i: int) -> str:
+    return f"-{i}" if i else ""
 
 
 def wait_serving(target: str, procs: list[subprocess.Popen[bytes]], timeout_s: float,
@@ -117,7 +152,8 @@ def _stop(procs: list[subprocess.Popen[bytes]], timeout_s: float = 40.0) -> None
 
 def _auth_line(args: argparse.Namespace) -> str:
     """The banner's auth state (the server reads the same PERSONALIZE_SERVER_AUTH_*)."""
-    chat = f"personalize chat --user alice --server {args.host}:{args.port}"
+    servers = ",".join(f"{args.host}:{args.port + i}" for i in range(args.replicas))
+    chat = f"personalize chat --user alice --server {servers}"
     if os.environ.get("PERSONALIZE_SERVER_AUTH_SECRETS") or \
             os.environ.get("PERSONALIZE_SERVER_AUTH_SECRETS_FILE"):
         return ("\n  auth      on: bearer tokens required"
@@ -125,6 +161,29 @@ def _auth_line(args: argparse.Namespace) -> str:
     return ("\n  auth      OFF: anyone who reaches the port can act as any user "
             "(set PERSONALIZE_SERVER_AUTH_SECRETS)"
             f"\n  try:      {chat}")
+
+
+def _banner(args: argparse.Namespace, trainers: int, bootstrap: str, local_broker: bool,
+            state: Path) -> str:
+    """What is up and where: one line per replica (its gRPC, then HTTP, address)."""
+    lines = ["", "personalize is up"]
+    for i in range(args.replicas):
+        name = f"replica {i}" if args.replicas > 1 else "gRPC"
+        http = f"  HTTP http://{args.host}:{args.http_port + i}" if args.http_port else ""
+        lines.append(f"  {name:<9} {args.host}:{args.port + i}  (personalize.v1.Assistant)"
+                     + http + f"  metrics http://127.0.0.1:{args.metrics_port + 2 * i}/metrics")
+    if args.replicas > 1:
+        targets = ",".join(f"{args.host}:{args.port + i}" for i in range(args.replicas))
+        lines.append(f"  all       {targets}  (SDK and CLI spread calls over them)")
+    for j in range(trainers):
+        name = f"trainer {j}" if trainers > 1 else "trainer"
+        lines.append(f"  {name:<9} http://127.0.0.1:{args.trainer_metrics_port + 2 * j}/metrics")
+    if not trainers:
+        lines.append("  trainer   not started")
+    lines += [f"  Kafka     {bootstrap}{' (local Tansu broker)' if local_broker else ''}",
+              f"  adapters  {Path(args.adapter_store).resolve()}",
+              f"  logs      {state.resolve()}/"]
+    return "\n".join(lines) + _auth_line(args) + "\nCtrl-C stops everything."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,28 +214,21 @@ def main(argv: list[str] | None = None) -> int:
                "PERSONALIZE_TRAINER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                "PERSONALIZE_SERVER_ENGINE_MODEL": args.model,
                "PERSONALIZE_TRAINER_POLICY_MODEL": args.model,
-               "PERSONALIZE_SERVER_HOST": args.host, "PERSONALIZE_SERVER_PORT": str(args.port),
-               "PERSONALIZE_SERVER_METRICS_PORT": str(args.metrics_port),
-               "PERSONALIZE_TRAINER_METRICS_PORT": str(args.trainer_metrics_port),
                "PERSONALIZE_SERVER_ADAPTER_STORE": args.adapter_store,
                "PERSONALIZE_TRAINER_ADAPTER_STORE": args.adapter_store}
-        procs.append(_spawn("services.server.main", env, state / "server.log"))
-        trainer = not args.no_trainer and \
-            importlib.util.find_spec("trainer.loop.service") is not None
-        if trainer:
-            procs.append(_spawn("trainer.loop.service", env, state / "trainer.log"))
-        if not wait_serving(f"{args.host}:{args.port}", procs, args.ready_timeout,
-                            lambda: stopping):
-            return 130  # Ctrl-C during start-up: the children are stopped below
-        auth = _auth_line(args)
-        print(f"\npersonalize is up\n  gRPC      {args.host}:{args.port}"
-              f"  (personalize.v1.Assistant)\n  metrics   http://127.0.0.1:{args.metrics_port}/metrics"
-              + (f"\n  trainer   http://127.0.0.1:{args.trainer_metrics_port}/metrics"
-                 if trainer else "\n  trainer   not started")
-              + f"\n  Kafka     {bootstrap}{' (local Tansu broker)' if broker else ''}"
-              f"\n  adapters  {Path(args.adapter_store).resolve()}"
-              f"\n  logs      {state.resolve()}/"
-              + auth + "\nCtrl-C stops everything.", flush=True)
+        for i in range(args.replicas):
+            procs.append(_spawn("services.server.main", {**env, **replica_env(args, i)},
+                                state / f"server{_suffix(i)}.log"))
+        trainers = 0 if args.no_trainer or \
+            importlib.util.find_spec("trainer.loop.service") is None else args.trainers
+        for j in range(trainers):
+            procs.append(_spawn("trainer.loop.service", {**env, **trainer_env(args, j, env)},
+                                state / f"trainer{_suffix(j)}.log"))
+        for i in range(args.replicas):
+            if not wait_serving(f"{args.host}:{args.port + i}", procs, args.ready_timeout,
+                                lambda: stopping):
+                return 130  # Ctrl-C during start-up: the children are stopped below
+        print(_banner(args, trainers, bootstrap, broker is not None, state), flush=True)
         while not stopping:
             dead = [p for p in procs if p.poll() is not None]
             if dead:
