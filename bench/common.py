@@ -107,6 +107,7 @@ def private_stack(model: str, *, trainer: bool = False, env: dict[str, str] | No
         args = ["--model", model,
                 "--broker-port", str(broker), "--port", str(port),
                 "--metrics-port", str(metrics), "--trainer-metrics-port", str(free_port()),
+                "--http-port", str(free_port()),
                 "--adapter-store", str(store), "--state-dir", str(state)]
         if not trainer:
             args.append("--no-trainer")

@@ -59,7 +59,7 @@ def demo_stack(model: str, out: Path, ports: StackPorts, profile: TrainerProfile
     env = {**os.environ, **profile.env(),
            "PERSONALIZE_TRAINER_STATE_DIR": str(out / "trainer-state")}
     argv = ["--model", model, "--port", str(ports.grpc), "--metrics-port", str(ports.metrics),
-            "--trainer-metrics-port", str(ports.trainer_metrics),
+            "--trainer-metrics-port", str(ports.trainer_metrics), "--http-port", "0",
             "--broker-port", str(ports.broker), "--adapter-store", str(out / "adapters"),
             "--state-dir", str(logs)]
     target = f"127.0.0.1:{ports.grpc}"

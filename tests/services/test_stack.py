@@ -3,11 +3,13 @@ it serves, and SIGINT (Ctrl-C) stops every child cleanly."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from services.client.sdk import AssistantClient
@@ -20,7 +22,7 @@ def _children(pid: int) -> list[int]:
 
 
 def test_stack_serves_and_stops_on_ctrl_c(tiny_model_dir: Path, tmp_path: Path) -> None:
-    port, mport, bport = free_port(), free_port(), free_port()
+    port, mport, bport, hport = free_port(), free_port(), free_port(), free_port()
     env = {**os.environ, "PERSONALIZE_SERVER_ENGINE_MODEL_ID": "tiny",
            "PERSONALIZE_SERVER_ENGINE_DTYPE": "float32",
            "PERSONALIZE_SERVER_ENGINE_MAX_MODEL_LEN": "512"}
@@ -28,6 +30,7 @@ def test_stack_serves_and_stops_on_ctrl_c(tiny_model_dir: Path, tmp_path: Path) 
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.devstack.stack", "--model", str(tiny_model_dir),
          "--port", str(port), "--metrics-port", str(mport), "--broker-port", str(bport),
+         "--http-port", str(hport),
          "--adapter-store", str(tmp_path / "store"), "--state-dir", str(tmp_path / "state"),
          "--no-trainer"], stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
@@ -43,6 +46,11 @@ def test_stack_serves_and_stops_on_ctrl_c(tiny_model_dir: Path, tmp_path: Path) 
             [cand] = client.complete("stack-user", "hi", max_tokens=5)
             assert cand.completion_tokens == 5
             assert client.thumbs("stack-user", cand.response_id, True).feedback_id
+        # the same server process answers the OpenAI-compatible HTTP API
+        with urllib.request.urlopen(f"http://127.0.0.1:{hport}/ready", timeout=10) as ready:
+            assert ready.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{hport}/v1/models", timeout=10) as m:
+            assert json.load(m)["data"][0]["id"] == "tiny"
         children = _children(proc.pid)
         assert len(children) >= 2, "broker and server run as children"
         proc.send_signal(signal.SIGINT)
