@@ -20,9 +20,9 @@ RATE = "[$__rate_interval]"
 
 
 def quantiles(metric: str, by: str = "", qs: tuple[float, ...] = (0.5, 0.99)) -> list[dict]:
-    """p50/p99 (by default) of a histogram, optionally split by a label."""
+    """p50/p99 (by default) of a histogram, optionally split by labels."""
     grouping = f"le, {by}" if by else "le"
-    suffix = f" {{{{{by}}}}}" if by else ""
+    suffix = "".join(f" {{{{{label.strip()}}}}}" for label in by.split(",")) if by else ""
     return [{"expr": f"histogram_quantile({q}, sum by ({grouping}) "
                      f"(rate({metric}_bucket{RATE})))",
              "legendFormat": f"p{round(q * 100)}{suffix}"} for q in qs]
@@ -47,10 +47,12 @@ S, T = "personalize_server_", "personalize_trainer_"
 # (row title, [(panel title, unit, description, targets)])
 ROWS: list[tuple[str, list[tuple[str, str, str, list[dict]]]]] = [
     ("Serving", [
-        ("gRPC calls by method and code", "reqps", "All replicas; codes other than OK are "
-         "mapped from domain errors (docs/api.md).", rate(S + "requests", "method, code")),
-        ("gRPC call latency", "s", "Whole-call latency by method (a Generate call lasts "
-         "until its stream ends).", quantiles(S + "request_duration_seconds", "method")),
+        ("Calls by API, method and code", "reqps", "All replicas, gRPC and the "
+         "OpenAI-compatible HTTP API (api label); codes other than OK are mapped from domain "
+         "errors, named as in gRPC on both APIs (docs/api.md).",
+         rate(S + "requests", "api, method, code")),
+        ("Call latency", "s", "Whole-call latency by API and method (a Generate call lasts "
+         "until its stream ends).", quantiles(S + "request_duration_seconds", "api, method")),
         ("Time to first token", "s", "Request to first streamed token (HighTimeToFirstTokenP99 "
          "alerts on p99 > 5s).", quantiles(S + "time_to_first_token_seconds",
                                            qs=(0.5, 0.9, 0.99))),

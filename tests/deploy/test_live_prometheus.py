@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 import yaml
 
@@ -52,6 +53,8 @@ EXPECTED: list[tuple[str, Callable[[float], bool]]] = [
     ('personalize_server_adapter_refusals_total{reason="checksum"}', lambda v: v == 1),
     ('sum(personalize_server_feedback_total{result="rejected"})', lambda v: v == 1),
     ("sum(personalize_server_engine_requests)", lambda v: v == 0),  # nothing left in flight
+    ('sum(personalize_server_requests_total{api="http",method="Generate",code="OK"})',
+     lambda v: v == 1),
     ("personalize_trainer_feedback_joined_total", lambda v: v == len(PROMPTS)),
     ("personalize_trainer_users_tracked", lambda v: v == 1),
     ("personalize_trainer_adapters_published_total", lambda v: v >= 1),
@@ -93,7 +96,7 @@ def live_server(home: Path, loop_thread, tiny_engine, broker, engine_config):  #
 
     tag = uuid.uuid4().hex[:8]
     cfg = make_server_config(home / "store", broker.bootstrap, engine_config,
-                             metrics_port=free_port())
+                             metrics_port=free_port(), http_port=free_port())
     kafka = dataclasses.replace(cfg.kafka, generations_topic=f"generations-{tag}",
                                 feedback_topic=f"feedback-{tag}",
                                 adapter_updates_topic=f"adapter-updates-{tag}")
@@ -183,6 +186,10 @@ def drive_traffic(stub, live_server, broker, tiny_model_dir: Path, tmp_path: Pat
             response_id=theirs, up=True)), timeout=30)
     with pytest.raises(grpc.RpcError):
         list(stub.Generate(chat_request(user, max_tokens=999999), timeout=10))
+    answer = httpx.post(f"http://127.0.0.1:{live_server.http_port}/v1/chat/completions",
+                        json={"model": live_server.engine.model_id, "user": other, "max_tokens": 4,
+                              "messages": [{"role": "user", "content": "hi"}]}, timeout=60)
+    assert answer.status_code == 200, answer.text  # the same metrics with api="http"
     store = live_server.store
     bad = store.publish(other, make_adapter(tiny_model_dir, tmp_path / "bad", seed=5),
                         live_server.engine.model_id, store.latest(other) or "")
