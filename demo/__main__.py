@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.live import Live
 
 from demo.driver import DriveConfig, Simulation
+from demo.preferences import PREFERENCES
 from demo.report import write_report
 from demo.stack import StackPorts, TrainerProfile, demo_stack
 from demo.users import make_users
@@ -31,8 +32,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", type=int, default=2,
-                   help="simulated users (default 2: concise vs detailed; 4 adds lists vs "
-                        "prose and needs a longer --duration on a small CPU host)")
+                   help="simulated users (default 2: concise vs detailed; 4 or more play the "
+                        "content cast: formal, casual, examples, warm, technical, summary, "
+                        "questions, hedged, ...; needs a longer --duration on a small host)")
+    p.add_argument("--preferences", default="",
+                   help="comma-separated preferences to cycle through instead of the cast "
+                        f"(any of: {', '.join(PREFERENCES)})")
     p.add_argument("--duration", type=float, default=600.0,
                    help="seconds of feedback after the stack is up (default 600)")
     p.add_argument("--model", default=".cache/models/SmolLM2-135M-Instruct",
@@ -63,11 +68,12 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
         raise SystemExit(f"{out} is not empty: a run starts from nothing; pick another --out")
     out.mkdir(parents=True, exist_ok=True)
     console = Console()
-    users = make_users(args.users, args.noise)
+    users = make_users(args.users, args.noise, preferences=_names(args.preferences))
     drive = DriveConfig(max_tokens=args.max_tokens, pause_s=args.pause, seed=args.seed)
     profile = TrainerProfile(ppo_max_new_tokens=args.max_tokens)
     ports = StackPorts.from_base(args.port_base)
-    settings = {"model": args.model, "users": args.users, "duration_s": args.duration,
+    settings = {"model": args.model, "users": args.users,
+                "preferences": [u.preference.name for u in users], "duration_s": args.duration,
                 "noise": args.noise, **asdict(drive), **asdict(profile)}
     console.print(f"starting the stack (logs in {out / 'stack'}) ...")
     with demo_stack(args.model, out, ports, profile) as target, \
@@ -94,6 +100,10 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
     return paths
 
 
+def _names(csv: str) -> list[str]:
+    return [n.strip() for n in csv.split(",") if n.strip()]
+
+
 def _wait(sim: Simulation, duration_s: float, console: Console | None) -> None:
     next_log = 60.0
     while sim.elapsed() < duration_s:
@@ -102,7 +112,8 @@ def _wait(sim: Simulation, duration_s: float, console: Console | None) -> None:
             next_log += 60
             console.log(json.dumps({s.user.user_id: {"feedback": s.feedback,
                                                      "version": s.version,
-                                                     "win_rate": round(s.win_rate, 3)}
+                                                     "win_rate": round(s.win.rate, 3),
+                                                     "comparisons": s.win.n}
                                     for s in sim.states.values()}))
 
 

@@ -4,7 +4,9 @@ Each user asks prompts, rates what comes back (thumbs on one answer, or a rankin
 2-4 candidates) with its labelers' noisy judgement, and watches its own status. An
 evaluator measures, whenever a user is served a new adapter version, how often that
 version's answers beat the base model's on held-out prompts under the user's hidden
-preference (the win rate), and under every other user's preference (leakage).
+preference (the win rate, with its interval) and under the library's preferences
+independent of it (leakage), and checks that every other user's answers to a fixed
+prompt and seed stayed byte-identical (``demo.evaluation``).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from demo.preferences import Preference, win
+from demo.evaluation import Answers, IdentityLedger, Leak, Probe, compare, leakage
 from demo.prompts import eval_prompts, feedback_prompts
+from demo.stats import Tally
 from demo.users import SimUser
 from services.client.sdk import AssistantClient, Candidate
 
@@ -43,6 +46,9 @@ class DriveConfig:
     eval_samples: int = 6
     """Seeded samples per held-out prompt when measuring a win rate."""
     eval_temperature: float = 0.7
+    probe_samples: int = 2
+    """Seeded answers to the first held-out prompt in each byte-identity probe."""
+    probe_seed: int = 271828
     poll_s: float = 5.0
     """How often the users' status is read."""
     max_backlog: int = 16
@@ -58,9 +64,13 @@ class Point:
 
     t: float
     feedback: int
+    rankings: int
     version: str
     rm_accuracy: float
+    rm_accuracy_shared: float
     win_rate: float
+    win_lo: float
+    win_hi: float
 
 
 @dataclass
@@ -68,22 +78,30 @@ class UserState:
     user: SimUser
     feedback: int = 0
     """Feedback events acknowledged by the server."""
+    rankings: int = 0
+    """Of which rankings (the rest are thumbs)."""
     errors: int = 0
     version: str = ""
     rm_accuracy: float = math.nan
     rm_accuracy_shared: float = math.nan
-    win_rate: float = 0.5
+    win: Tally = field(default_factory=Tally)
     """Own preference: the served version vs the base model on held-out prompts."""
-    cross_win: dict[str, float] = field(default_factory=dict)
-    """Win rate of the served version under other users' preferences, by user."""
+    leaks: list[Leak] = field(default_factory=list)
+    """The served version under the library's preferences independent of the user's."""
+    identity: IdentityLedger = field(default_factory=IdentityLedger)
+    """This user's probe answers, compared whenever another user's version changed."""
+    best: Tally = field(default_factory=Tally)
     feedback_at_best: int = 0
     """Feedback events sent when the best win rate so far was first measured."""
-    best_win_rate: float = 0.5
     decision: str = ""
     backlog: int = 0
     """Feedback events accepted by the server that the trainer has not trained on."""
     labelers: list[tuple[str, float, bool]] = field(default_factory=list)
     history: list[Point] = field(default_factory=list)
+
+    @property
+    def win_rate(self) -> float:
+        return self.win.rate
 
 
 class Simulation:
@@ -107,8 +125,10 @@ class Simulation:
         self._base = {k: c.text for k, c in base.items()}
         for state in self.states.values():
             # thumbs up means "better than the base model's median answer", for this user
-            scores = sorted(state.user.preference.score(t) for t in self._base.values())
+            pref = state.user.preference
+            scores = sorted(pref.score(p, t) for (p, _), t in self._base.items())
             self.thresholds[state.user.user_id] = scores[len(scores) // 2]
+            state.identity.observe(self.probe(state.user.user_id))
         self.started = time.monotonic()
         for i, state in enumerate(self.states.values()):
             self._spawn(self._feedback_loop, state, random.Random(self._cfg.seed * 1000 + i))
@@ -149,14 +169,16 @@ class Simulation:
                                         max_tokens=cfg.max_tokens, temperature=cfg.temperature)
         for labeler in user.labelers:
             if thumbs:
-                up = labeler.thumbs_up(answers[0].text, self.thresholds[user.user_id], rng)
+                up = labeler.thumbs_up(prompt, answers[0].text, self.thresholds[user.user_id],
+                                       rng)
                 self._client.thumbs(user.user_id, answers[0].response_id, up,
                                     labeler_id=labeler.labeler_id)
             else:
-                order = labeler.rank([a.text for a in answers], rng)
+                order = labeler.rank(prompt, [a.text for a in answers], rng)
                 self._client.rank(user.user_id, [answers[i].response_id for i in order],
                                   labeler_id=labeler.labeler_id)
         state.feedback += 1
+        state.rankings += not thumbs
         state.backlog += len(user.labelers)
 
     # -- status and evaluation ------------------------------------------------------------
@@ -184,25 +206,45 @@ class Simulation:
         state.labelers = [(s.labeler_id, s.agreement, s.flagged) for s in status.labelers]
         if status.adapter_version and status.adapter_version != state.version:
             self._evaluate(state, status.adapter_version)
-        state.history.append(Point(self.elapsed(), state.feedback, state.version,
-                                   state.rm_accuracy, state.win_rate))
+            self._check_identity(state)
+        lo, hi = state.win.interval()
+        state.history.append(Point(self.elapsed(), state.feedback, state.rankings,
+                                   state.version, state.rm_accuracy, state.rm_accuracy_shared,
+                                   state.win.rate, lo, hi))
 
     def _evaluate(self, state: UserState, version: str) -> None:
         answers = self._answers(state.user.user_id, base_model=False)
         served = {a.adapter_version for a in answers.values()} - {""}
         state.version = max(served, key=lambda v: int(v[1:])) if served else version
-        texts = {k: a.text for k, a in answers.items()}
-        state.win_rate = self.win_rate(state.user.preference, texts)
-        state.cross_win = {other.user.user_id: self.win_rate(other.user.preference, texts)
-                           for other in self.states.values() if other is not state}
-        if state.win_rate > state.best_win_rate:
-            state.best_win_rate, state.feedback_at_best = state.win_rate, state.feedback
+        texts: Answers = {k: a.text for k, a in answers.items()}
+        pref = state.user.preference
+        state.win = compare(pref, texts, self._base)
+        state.leaks = leakage(pref, texts, self._base)
+        if state.win.rate > state.best.rate:
+            state.best, state.feedback_at_best = state.win, state.feedback
         self.on_event(f"{state.user.user_id} now served {state.version}: win rate "
-                       f"{state.win_rate:.0%} vs base")
+                      f"{state.win.rate:.0%} vs base (n={state.win.n})")
 
-    def win_rate(self, preference: Preference, texts: dict[tuple[str, int], str]) -> float:
-        wins = [win(preference, texts[k], self._base[k]) for k in self._base]
-        return sum(wins) / len(wins)
+    def _check_identity(self, changed: UserState) -> None:
+        """Every other user's probe answers must be what they were before ``changed``'s
+        new version came in, unless their own served version changed meanwhile."""
+        for state in self.states.values():
+            if state is changed:
+                continue
+            outcome = state.identity.observe(self.probe(state.user.user_id))
+            if outcome == "mismatch":
+                self.on_event(f"{state.user.user_id}'s answers changed when "
+                              f"{changed.user.user_id} got {changed.version}")
+
+    def probe(self, user_id: str) -> Probe:
+        """The user's answers to the first held-out prompt with a fixed seed."""
+        cfg = self._cfg
+        cands = self._client.complete(user_id, eval_prompts()[0],
+                                      num_candidates=cfg.probe_samples,
+                                      max_tokens=cfg.max_tokens, temperature=cfg.eval_temperature,
+                                      seed=cfg.probe_seed)
+        return Probe(",".join(sorted({c.adapter_version for c in cands})),
+                     tuple(c.text for c in cands))
 
     def _answers(self, user_id: str, base_model: bool) -> dict[tuple[str, int], Candidate]:
         """Seeded answers to every held-out prompt, by (prompt, sample); samples are asked

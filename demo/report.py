@@ -9,39 +9,39 @@ from pathlib import Path
 from typing import Any
 
 from demo.driver import Simulation, UserState
+from demo.evaluation import worst
+from demo.stats import fmt_rate
 
 
 def summary(sim: Simulation) -> list[dict[str, Any]]:
     """One row per user, JSON-ready (NaN becomes None)."""
     rows = []
     for s in sim.states.values():
-        others = list(s.cross_win.values())
+        lo, hi = s.win.interval()
+        top = worst(s.leaks)
+        pref = s.user.preference
         rows.append({
-            "user": s.user.user_id, "preference": s.user.preference.name,
-            "feedback_events": s.feedback, "errors": s.errors, "adapter_version": s.version,
+            "user": s.user.user_id, "preference": pref.name, "family": pref.family.name,
+            "kind": pref.kind, "feedback_events": s.feedback, "rankings": s.rankings,
+            "errors": s.errors, "adapter_version": s.version,
             "rm_accuracy": _num(s.rm_accuracy), "rm_accuracy_shared": _num(s.rm_accuracy_shared),
-            "win_rate": s.win_rate, "best_win_rate": s.best_win_rate,
+            "win_rate": s.win.rate, "win_lo": lo, "win_hi": hi, "comparisons": s.win.n,
+            "win": s.win.as_dict(), "best_win_rate": s.best.rate, "best_win": s.best.as_dict(),
             "feedback_at_best": s.feedback_at_best,
-            "win_rate_under_others": s.cross_win,
-            "leakage_points": _leakage(others),
+            "leakage": [lk.as_dict() for lk in s.leaks],
+            "leakage_worst": top.as_dict() if top else None,
+            "identity": s.identity.as_dict(),
             "labelers": [{"labeler_id": lid, "agreement": a, "flagged": f}
                          for lid, a, f in s.labelers],
             "last_decision": s.decision,
-            "history": [asdict(p) for p in s.history],
+            "history": [{k: _num(v) if isinstance(v, float) else v
+                         for k, v in asdict(p).items()} for p in s.history],
         })
     return rows
 
 
 def _num(x: float) -> float | None:
     return None if math.isnan(x) else x
-
-
-def _leakage(others: list[float]) -> float:
-    """Points by which the adapter beats the base model under other users' preferences,
-    above chance (50%), averaged over the other users; 0 when it does not."""
-    if not others:
-        return 0.0
-    return 100 * sum(max(0.0, w - 0.5) for w in others) / len(others)
 
 
 def write_chart(sim: Simulation, path: Path) -> Path:
@@ -54,10 +54,14 @@ def write_chart(sim: Simulation, path: Path) -> Path:
     for s in sim.states.values():
         t = [p.t / 60 for p in s.history]
         label = f"{s.user.user_id} ({s.user.preference.name})"
-        ax_win.step(t, [100 * p.win_rate for p in s.history], where="post", label=label)
+        line, = ax_win.step(t, [100 * p.win_rate for p in s.history], where="post",
+                            label=label)
+        ax_win.fill_between(t, [100 * p.win_lo for p in s.history],
+                            [100 * p.win_hi for p in s.history], step="post",
+                            color=line.get_color(), alpha=0.12)
         ax_rm.plot(t, [100 * p.rm_accuracy for p in s.history], label=label)
     ax_win.axhline(50, color="grey", lw=0.8, ls="--")
-    ax_win.set(title="win rate of the served adapter vs the base model",
+    ax_win.set(title="win rate vs the base model (shaded: 95% interval)",
                xlabel="minutes", ylabel="% (hidden preference, held-out prompts)", ylim=(0, 100))
     ax_rm.set(title="personal reward model, held-out pairwise accuracy", xlabel="minutes",
               ylabel="%", ylim=(0, 100))
@@ -77,31 +81,65 @@ def write_report(sim: Simulation, settings: dict[str, Any], out: Path) -> dict[s
     rows = summary(sim)
     chart = write_chart(sim, out / "curves.png")
     data = out / "results.json"
-    data.write_text(json.dumps({"settings": settings, "users": rows}, indent=2))
+    data.write_text(json.dumps({"settings": settings, "users": rows,
+                                "identity": identity_total(rows)}, indent=2))
     lines = [
         "# personalize demo report", "",
         f"{len(rows)} simulated users, {sim.elapsed() / 60:.1f} minutes, model "
         f"`{settings.get('model', '')}`. Every figure below was measured through the "
         "public gRPC API. Win rates compare the answers of the adapter each user is "
         "served with the base model's, on held-out prompts, under the user's hidden "
-        "preference (50% = no difference).", "",
+        "preference (50% = no difference), with a 95% Wilson interval and the number "
+        "of comparisons. Leakage is the largest shift, in points away from 50%, of the "
+        "win rate under the preferences independent of the user's (docs/demo.md).", "",
         "![curves](curves.png)", "",
-        _md_row(["user", "hidden preference", "feedback", "adapter", "RM acc",
-                 "shared RM acc", "win rate", "best (at feedback)", "leakage (pts)"]),
-        _md_row(["---"] * 9),
+        _md_row(["user", "hidden preference", "feedback (rankings)", "adapter", "RM acc",
+                 "shared RM acc", "win rate vs base [95%] n", "best (at feedback)",
+                 "worst leakage, pts [interval]", "byte-identical probes"]),
+        _md_row(["---"] * 10),
     ]
     for r, s in zip(rows, sim.states.values(), strict=True):
         lines.append(_md_row([
-            r["user"], s.user.preference.description, str(r["feedback_events"]),
-            r["adapter_version"] or "base", _fmt(r["rm_accuracy"]),
-            _fmt(r["rm_accuracy_shared"]), _fmt(r["win_rate"]),
+            r["user"], f"{r['preference']}: {s.user.preference.description}",
+            f"{r['feedback_events']} ({r['rankings']})", r["adapter_version"] or "base",
+            _fmt(r["rm_accuracy"]), _fmt(r["rm_accuracy_shared"]), fmt_rate(s.win),
             f"{_fmt(r['best_win_rate'])} ({r['feedback_at_best']})",
-            f"{r['leakage_points']:.1f}"]))
-    lines += ["", *_labeler_notes(list(sim.states.values())), "",
+            fmt_leak(r["leakage_worst"]), fmt_identity(r["identity"])]))
+    lines += ["", *_leakage_notes(rows), "", *_labeler_notes(list(sim.states.values())), "",
               "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), ""]
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return {"report": report, "chart": chart, "data": data}
+
+
+def identity_total(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Byte-identity probes over all users."""
+    keys = ("checks", "mismatches", "skipped")
+    return {k: sum(r["identity"][k] for r in rows) for k in keys}
+
+
+def fmt_leak(leak: dict[str, Any] | None) -> str:
+    if leak is None or not leak["n"]:
+        return "-"
+    flag = " LEAKS" if leak["leaks"] else ""
+    return (f"{leak['points']:+.0f} [{leak['lo']:+.0f}, {leak['hi']:+.0f}] "
+            f"({leak['preference']}){flag}")
+
+
+def fmt_identity(identity: dict[str, int]) -> str:
+    if not identity["checks"]:
+        return "-"
+    return f"{identity['checks'] - identity['mismatches']}/{identity['checks']}"
+
+
+def _leakage_notes(rows: list[dict[str, Any]]) -> list[str]:
+    notes = []
+    for r in rows:
+        if any(lk["n"] for lk in r["leakage"]):
+            shifts = ", ".join(f"{lk['preference']} {lk['points']:+.0f}" for lk in r["leakage"])
+            notes.append(f"Leakage of {r['user']} (points vs base, intervals at "
+                         f"{r['leakage'][0]['confidence']:.1%}): {shifts}.")
+    return notes
 
 
 def _fmt(x: float | None) -> str:

@@ -11,14 +11,35 @@ from rich.table import Table
 from rich.text import Text
 
 from demo.driver import Simulation, UserState
+from demo.evaluation import worst
+from demo.stats import Tally, fmt_rate
 
 
 def _pct(x: float) -> str:
     return "-" if math.isnan(x) else f"{x:.0%}"
 
 
-def _win_style(x: float) -> str:
-    return "bold green" if x >= 0.75 else "green" if x > 0.55 else "red" if x < 0.45 else ""
+def _win_style(win: Tally) -> str:
+    if not win.excludes_half():
+        return ""  # not told apart from the base model yet
+    return "bold green" if win.rate >= 0.75 else "green" if win.rate > 0.5 else "red"
+
+
+def _leak(state: UserState) -> Text:
+    top = worst(state.leaks)
+    if top is None or not top.tally.n:
+        return Text("-")
+    lo, hi = top.interval_points()
+    return Text(f"{top.points:+.0f} [{lo:+.0f},{hi:+.0f}] {top.preference}",
+                style="red" if top.leaks() else "")
+
+
+def _identity(state: UserState) -> Text:
+    ledger = state.identity
+    if not ledger.checks:
+        return Text("-")
+    return Text(f"{ledger.checks - ledger.mismatches}/{ledger.checks}",
+                style="red" if ledger.mismatches else "green")
 
 
 def _labelers(state: UserState) -> str:
@@ -45,15 +66,17 @@ class LiveView:
                             f"{self._duration:.0f}s", expand=True)
         for col, justify in (("user", "left"), ("prefers", "left"),
                              ("feedback", "right"), ("adapter", "center"),
-                             ("RM acc (shared)", "right"), ("win rate vs base", "right"),
-                             ("last decision", "left"), ("labelers (agreement)", "left")):
+                             ("RM acc (shared)", "right"),
+                             ("win vs base [95%] n", "right"), ("leakage pts", "right"),
+                             ("same bytes", "right"), ("last decision", "left"),
+                             ("labelers (agreement)", "left")):
             table.add_column(col, justify=justify)  # type: ignore[arg-type]
         for s in self._sim.states.values():
             table.add_row(
                 s.user.user_id, s.user.preference.name, str(s.feedback),
                 s.version or "base",
                 f"{_pct(s.rm_accuracy)} ({_pct(s.rm_accuracy_shared)})",
-                Text(_pct(s.win_rate), style=_win_style(s.win_rate)),
-                s.decision[:48], _labelers(s))
+                Text(fmt_rate(s.win), style=_win_style(s.win)), _leak(s), _identity(s),
+                s.decision[:40], _labelers(s))
         events = Text("\n".join(self._events) or "waiting for the first events", style="dim")
         return Group(table, Panel(events, title="events", title_align="left"))
