@@ -45,6 +45,19 @@ class PublishConfig:
     """Mean personal reward the candidate must gain over the current adapter."""
     kl_bound: float = 2.0
     """Largest mean per-sequence KL to the base model a published adapter may have."""
+    max_empty_share: float = 0.1
+    """Share of empty answers above which a candidate is refused (when the served
+    adapter's share is lower)."""
+    max_truncated_share: float = 0.5
+    """Share of answers cut at the token limit above which a candidate is refused (when
+    the served adapter's share is lower)."""
+    max_repetitive_share: float = 0.25
+    """Share of repetitive answers above which a candidate is refused (when the served
+    adapter's share is lower)."""
+    repetition_ngram: int = 4
+    """Word n-gram length of the repetition check."""
+    max_repeated_ngram_share: float = 0.3
+    """An answer whose share of repeated n-grams is above this counts as repetitive."""
 
 
 @dataclass(frozen=True)

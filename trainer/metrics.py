@@ -6,8 +6,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _SECONDS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 _UNIT = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
-REFUSAL_REASONS = ("no_step", "no_gain", "kl_bound")
-"""Why the publish gate kept the served adapter (learner.py)."""
+REFUSAL_REASONS = ("no_step", "degenerate", "no_gain", "kl_bound")
+"""Why the publish gate kept the served adapter (loop/gate.py)."""
 
 
 class TrainerMetrics:

@@ -45,10 +45,17 @@ class TrainerReport:
     reward_model_shared_accuracy: float
     """The same for the shared reward model alone, on the same pairs."""
     reward_model_heldout_pairs: int
-    """Held-out pairs both accuracies were measured on; 0 when not measured."""
+    """Held-out pairs the accuracies were measured on; 0 when not measured."""
+    reward_model_judge_accuracy: float
+    """The same for the user's judge (the publish gate's scorer, which PPO never
+    optimised)."""
     last_reward_before: float
     last_reward_after: float
     last_kl: float
+    last_judge_before: float
+    """The served adapter's mean reward by the judge on the gate's held-out prompts."""
+    last_judge_after: float
+    """The candidate's mean reward by the judge on the same prompts."""
     last_publish_decision: str
     labelers: tuple[LabelerReport, ...]
     updated_at: float

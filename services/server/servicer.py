@@ -76,6 +76,8 @@ def to_proto_status(view: UserStatusView) -> pb.UserStatus:
         reward_model_heldout_pairs=t.reward_model_heldout_pairs,
         last_reward_before=t.last_reward_before, last_reward_after=t.last_reward_after,
         last_kl=t.last_kl, last_publish_decision=t.last_publish_decision,
+        reward_model_judge_accuracy=t.reward_model_judge_accuracy,
+        last_judge_before=t.last_judge_before, last_judge_after=t.last_judge_after,
         labelers=[pb.LabelerScore(labeler_id=s.labeler_id, agreement=s.agreement,
                                   judgements=s.judgements, flagged=s.flagged)
                   for s in t.labelers],

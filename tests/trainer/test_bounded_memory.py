@@ -83,11 +83,11 @@ def test_sample_refuses_nonsense_bounds() -> None:
         RewardModelConfig(shared_max_examples=0)
 
 
-def test_config_warns_when_the_cache_cannot_hold_the_shared_sample(
+def test_config_warns_when_the_state_cache_cannot_hold_a_shared_step(
         caplog: pytest.LogCaptureFixture) -> None:
     RewardModelConfig()
-    assert not caplog.records  # the defaults fit: 20,000 rows >= 2 x 2,048 examples
-    RewardModelConfig(embedding_cache_size=1000, shared_max_examples=2048)
+    assert not caplog.records  # the defaults fit: 4,096 texts >= 2 x 16 examples
+    RewardModelConfig(state_cache_size=10, shared_batch_size=16)
     assert "re-encodes" in caplog.text
 
 

@@ -1,5 +1,7 @@
 """The publish gate of a training turn, on the tiny policy and the real MiniLM
-reward model: refused by reward, refused by KL, then published."""
+reward model: refused by the judge's reward, refused by KL, then published; and the
+verdict's rules on their own (degenerate outputs, the judge rather than the optimised
+reward)."""
 
 from __future__ import annotations
 
@@ -15,14 +17,18 @@ from trainer.config import PublishConfig, ScheduleConfig, TrainerConfig
 from trainer.data.examples import build_examples
 from trainer.data.preferences import FeedbackEvent, PreferenceConfig
 from trainer.ingest.journal import Joined
-from trainer.loop.learner import Learner, _snapshot
+from trainer.loop.degenerate import OutputHealth, output_health, repeated_ngram_share
+from trainer.loop.gate import AdapterSample, snapshot, verdict
+from trainer.loop.learner import Learner
 from trainer.metrics import TrainerMetrics
 from trainer.ppo.config import PPOConfig
 from trainer.reward.config import RewardModelConfig
 from trainer.reward.data import split_heldout
 
 USER = "gate-user"
-PROMPTS = ["tell me about the sea", "name a fruit", "how are you", "say something"]
+PROMPTS = ["tell me about the sea", "name a fruit", "how are you", "say something",
+           "what is rain", "pick a colour", "count to three", "describe a cat"]
+HELDOUT = 0.3
 
 
 def joined_history() -> list[Joined]:
@@ -54,8 +60,13 @@ def learner_setup(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
         schedule=ScheduleConfig(ppo_steps_per_turn=2, min_pairs=2),
         ppo=PPOConfig(batch_size=4, mini_batch_size=2, max_new_tokens=6, lr=1e-2,
                       temperature=0.5),
-        reward=RewardModelConfig(user_min_examples=4),
-        publish=PublishConfig(eval_prompts=2, eval_samples=1, min_improvement=1e9))
+        reward=RewardModelConfig(user_min_examples=4, heldout_fraction=HELDOUT,
+                                 shared_steps=4),
+        # the tiny random model cannot end an answer: only the verdict tests below check
+        # the degenerate-output rules
+        publish=PublishConfig(eval_prompts=2, eval_samples=1, min_improvement=1e9,
+                              max_truncated_share=1.0, max_empty_share=1.0,
+                              max_repetitive_share=1.0))
     announced: list = []
     metrics = TrainerMetrics()
     learner = Learner(cfg, AdapterStore(cfg.adapter_store), metrics, announced.append)
@@ -65,16 +76,16 @@ def learner_setup(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 def test_gate_refuses_then_publishes(learner_setup) -> None:  # type: ignore[no-untyped-def]
     learner, cfg, announced, metrics = learner_setup
     store = AdapterStore(cfg.adapter_store)
-    ex = build_examples(USER, joined_history(), PreferenceConfig())
-    assert len(ex.pairs) == 3 * len(PROMPTS)
+    ex = build_examples(USER, joined_history(), PreferenceConfig(), HELDOUT)
+    assert len(ex.pairs) == 3 * len(PROMPTS) and ex.eval_prompts and ex.train_prompts
 
     # 1. a candidate that does not beat the served adapter by the margin is kept back
     first = learner.turn(USER, ex)
-    assert first.decision.startswith("kept: candidate reward"), first.decision
+    assert first.decision.startswith("kept: candidate judge reward"), first.decision
     assert first.steps == 2 and store.latest(USER) is None and announced == []
     pool = learner._ppo.pool
     served = learner._served[USER]
-    trained = _snapshot(pool, USER)
+    trained = snapshot(pool, USER)
     assert any(not torch.equal(served[k], trained[k]) for k in served), \
         "training goes on from the refused candidate"
 
@@ -94,21 +105,23 @@ def test_gate_refuses_then_publishes(learner_setup) -> None:  # type: ignore[no-
     manifest = store.manifest(USER, "v1")
     assert manifest.steps == 6 and manifest.feedback_count == len(PROMPTS)
     assert manifest.reward_before == pytest.approx(third.reward_before)
+    assert manifest.metrics["judge_after"] == pytest.approx(third.judge_after)
     assert [a.version for a in announced] == ["v1"] and announced[0].sha256 == manifest.sha256
-    now = _snapshot(pool, USER)
+    now = snapshot(pool, USER)
     assert all(torch.equal(now[k], learner._served[USER][k]) for k in now)
     assert metrics.published._value.get() == 1
     status = learner.status(USER, ex, third)
-    assert status.preference_pairs == 12 and status.last_publish_decision == "published v1"
+    assert status.preference_pairs == 3 * len(PROMPTS)
+    assert status.last_publish_decision == "published v1"
     rm_cfg = RewardModelConfig()
-    held = split_heldout(ex.pairs, rm_cfg.heldout_fraction, rm_cfg.seed)[1]
+    held = split_heldout(ex.pairs, HELDOUT, rm_cfg.seed)[1]
     assert status.reward_model_heldout_pairs == third.rm_heldout_pairs == len(held) > 0
     assert third.rm_accuracy is not None
 
 
 def test_interrupted_turn_publishes_nothing(learner_setup) -> None:  # type: ignore[no-untyped-def]
     learner, _, announced, _ = learner_setup
-    ex = build_examples(USER, joined_history(), PreferenceConfig())
+    ex = build_examples(USER, joined_history(), PreferenceConfig(), HELDOUT)
     before = len(announced)
     result = learner.turn(USER, ex, should_stop=lambda: True)
     assert result.interrupted and result.decision == "interrupted"
@@ -139,7 +152,7 @@ def test_publish_from_a_superseded_parent_is_fenced_then_reloaded(  # type: igno
     store = AdapterStore(cfg.adapter_store)
     learner._cfg = dataclasses.replace(cfg, publish=dataclasses.replace(
         cfg.publish, min_improvement=-1e9, kl_bound=1e9))
-    ex = build_examples(USER, joined_history(), PreferenceConfig())
+    ex = build_examples(USER, joined_history(), PreferenceConfig(), HELDOUT)
     parent = store.latest(USER) or ""
     if not parent:  # run alone: publish a first version through the gate
         assert learner.turn(USER, ex).published_version == "v1"
@@ -171,3 +184,36 @@ def test_publish_from_a_superseded_parent_is_fenced_then_reloaded(  # type: igno
     assert last.published_version == f"v{int(between[1:]) + 1}", last.decision
     assert store.manifest(USER, last.published_version).parent_version == between
     assert metrics.publish_fenced._value.get() == fenced + 1
+
+
+def _sample(judge: float, optimised: float = 0.0, kl: float = 0.5,
+            truncated: float = 0.0, empty: float = 0.0, repetitive: float = 0.0
+            ) -> AdapterSample:
+    return AdapterSample(judge, optimised, kl, OutputHealth(empty, truncated, repetitive))
+
+
+def test_verdict_trusts_the_judge_not_the_optimised_reward() -> None:
+    gate = PublishConfig()
+    hacked = verdict(gate, 2, _sample(0.5, optimised=0.1), _sample(0.4, optimised=3.0))
+    assert (hacked.publish, hacked.reason) == (False, "no_gain")
+    better = verdict(gate, 2, _sample(0.5, optimised=0.1), _sample(0.7, optimised=0.0))
+    assert better.publish
+
+
+@pytest.mark.parametrize("field", ["empty", "truncated", "repetitive"])
+def test_verdict_refuses_degenerate_outputs_worse_than_the_served(field: str) -> None:
+    gate = PublishConfig(max_empty_share=0.1, max_truncated_share=0.5,
+                         max_repetitive_share=0.25)
+    bad = verdict(gate, 2, _sample(0.0), _sample(1.0, **{field: 0.9}))
+    assert (bad.publish, bad.reason) == (False, "degenerate") and field in bad.decision
+    # no worse than what is served already (e.g. a model that never ends at this limit)
+    same = verdict(gate, 2, _sample(0.0, **{field: 0.9}), _sample(1.0, **{field: 0.9}))
+    assert same.publish
+
+
+def test_output_health_counts_empty_truncated_and_repetitive_answers() -> None:
+    assert repeated_ngram_share("a b c d a b c d a b c d", 4) == pytest.approx(5 / 9)
+    assert repeated_ngram_share("the cat sat on the mat today", 4) == 0.0
+    health = output_health(["", "fine answer here", "go go go go go go go go", "ok"],
+                           [True, False, True, True], ngram=2, max_repeated_share=0.3)
+    assert (health.empty, health.truncated, health.repetitive) == (0.25, 0.25, 0.25)

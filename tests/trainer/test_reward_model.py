@@ -1,8 +1,10 @@
 """The personal reward model: its maths against plain loops, then the real MiniLM backbone.
 
-Two synthetic users rate the same (prompt, short answer, detailed answer) triples with
-opposite preferences: "brief" prefers the short answer, "verbose" the detailed one. The
-shared model, trained on both, cannot please both; each personal head must.
+Two synthetic users rate the same (prompt, formal answer, casual answer) triples with
+opposite preferences about manner, not length: "formal" prefers the formal register,
+"casual" the casual one (same facts, about as many words). The shared model, trained on
+both, cannot please both; each personal head must, and so must each user's judge head,
+trained on the other half of the user's prompts.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from trainer.reward.data import fold_of
 from trainer.reward.encoder import TextEncoder
 from trainer.reward.losses import pairwise_accuracy_from_rewards
 from trainer.reward.model import (
+    JUDGE,
+    POLICY,
     PairExample,
     PersonalRewardModel,
     RewardModelConfig,
@@ -82,55 +87,77 @@ def test_split_heldout_is_deterministic_and_stable_as_data_grows() -> None:
     assert split_heldout(pairs, 0.0, seed=3) == (pairs, [])
 
 
-# --- synthetic users with opposite preferences --------------------------------------------
+def test_split_heldout_keeps_a_rankings_pairs_together() -> None:
+    # three pairs per ranking (A > B > C): a held-out A > C never shares a text with training
+    pairs = [PairExample("u", f"prompt {i}", c, r) for i in range(60)
+             for c, r in (("a", "b"), ("b", "c"), ("a", "c"))]
+    train, held = split_heldout(pairs, 0.25, seed=5)
+    assert held and {p.prompt for p in train}.isdisjoint({p.prompt for p in held})
+
+
+def test_folds_split_training_prompts_in_two_disjoint_halves() -> None:
+    pairs = [PairExample("u", f"prompt {i}", "a", "b") for i in range(200)]
+    folds = [[p for p in pairs if fold_of(p, seed=0) == part] for part in (0, 1)]
+    assert 70 <= len(folds[0]) <= 130 and len(folds[0]) + len(folds[1]) == 200
+    assert {p.prompt for p in folds[0]}.isdisjoint({p.prompt for p in folds[1]})
+
+
+# --- synthetic users with opposite preferences about manner --------------------------------
 
 CORE = {
-    "How do I boil an egg?": "Boil it for about eight minutes.",
-    "What is photosynthesis?": "Plants turning light into sugar.",
-    "How can I improve my sleep?": "Keep a regular bedtime.",
-    "Explain how bicycle gears work.": "They change how far you go per pedal turn.",
-    "What is a prime number?": "A number divisible only by 1 and itself.",
-    "How do I make a cup of tea?": "Steep a tea bag in hot water.",
-    "Why is the sky blue?": "Air scatters blue light the most.",
-    "How do vaccines work?": "They train your immune system.",
-    "What is inflation?": "Prices rising over time.",
-    "How do I start running?": "Start slow, a few times a week.",
+    "How do I boil an egg?": "boil it for about eight minutes, then cool it in cold water.",
+    "What is photosynthesis?": "plants turn light, water and air into sugar and oxygen.",
+    "How can I improve my sleep?": "keep a regular bedtime and avoid screens late at night.",
+    "Explain how bicycle gears work.": "they change how far the wheel turns per pedal turn.",
+    "What is a prime number?": "a whole number divisible only by one and by itself.",
+    "How do I make a cup of tea?": "steep a tea bag in hot water for three minutes.",
+    "Why is the sky blue?": "air molecules scatter blue sunlight more than red light.",
+    "How do vaccines work?": "they show your immune system a harmless copy of a germ.",
+    "What is inflation?": "the general rise of prices, so money buys less over time.",
+    "How do I start running?": "start slowly, a few short runs a week, and build up.",
+    "What causes tides?": "the moon's gravity pulls the oceans toward it.",
+    "How do I save money?": "set a budget and move some pay to savings every month.",
+    "What is a black hole?": "a region where gravity is so strong that light cannot escape.",
+    "How do I learn a language?": "practise a little every day and speak with real people.",
+    "Why do leaves change colour?": "trees stop making green chlorophyll in the autumn.",
+    "How does a fridge stay cold?": "a pump moves heat from inside to the coils at the back.",
 }
-SHORT_FORMS = ("{core}", "Short answer: {core}", "{core} That's it.")
-DETAILS = (
-    "Let me walk you through it step by step so nothing is missed.",
-    "First, it helps to understand the background and why this matters in practice.",
-    "For example, many people find it easier once they see a concrete case worked out.",
-    "A common mistake is to rush, so take your time and check each step carefully.",
-    "There are also a few edge cases worth knowing about, which I explain below.",
-    "Second, consider how the details change depending on your situation and goals.",
-    "If you want to go deeper, there are good books and courses on this topic.",
-    "In summary, the key idea is simple, but the details make a real difference.",
-)
-DATA_SEED = 38  # chosen so both users hold out the same number of pairs (see below)
-CONFIG = RewardModelConfig(heldout_fraction=0.25, user_min_examples=8, seed=0)
+FORMAL = (("Certainly.", "I trust this is helpful."),
+          ("Good question.", "Please let me know should you require further detail."),
+          ("Allow me to explain.", "I hope this answers your question."),
+          ("With pleasure.", "Kind regards."))
+CASUAL = (("Sure thing!", "Hope that helps, cheers!"),
+          ("Oh, easy one!", "Give it a go, you got this!"),
+          ("Hey, no worries.", "Pretty simple, right?"),
+          ("Yeah so basically,", "That's about it, mate.")
+          )
+DATA_SEED = 7
+CONFIG = RewardModelConfig(heldout_fraction=0.25, user_min_examples=6, seed=0)
 
 
 def make_triples(n: int, seed: int) -> list[tuple[str, str, str]]:
-    """(prompt, short answer, detailed answer) triples with varied wording."""
+    """(prompt, formal answer, casual answer) triples: the same facts, another manner."""
     rng = random.Random(seed)
     triples = []
     for _ in range(n):
         prompt = rng.choice(list(CORE))
-        short = rng.choice(SHORT_FORMS).format(core=CORE[prompt])
-        detailed = " ".join([CORE[prompt], *rng.sample(DETAILS, rng.randint(3, 5))])
-        triples.append((prompt, short, detailed))
+        core = CORE[prompt]
+        (f_open, f_close), (c_open, c_close) = rng.choice(FORMAL), rng.choice(CASUAL)
+        formal = f"{f_open} In short, {core} {f_close}"
+        casual = f"{c_open} {core[0].upper()}{core[1:]} {c_close}"
+        triples.append((prompt, formal, casual))
     return triples
 
 
-def make_user(user_id: str, prefers_short: bool, triples: list[tuple[str, str, str]],
+def make_user(user_id: str, prefers_formal: bool, triples: list[tuple[str, str, str]],
               thumb_triples: list[tuple[str, str, str]]
               ) -> tuple[list[PairExample], list[ThumbExample]]:
-    """The user's pairs (preferred first) and thumbs (alternately on short and detailed)."""
-    pairs = [PairExample(user_id, p, *((s, d) if prefers_short else (d, s)))
-             for p, s, d in triples]
-    thumbs = [ThumbExample(user_id, p, s if i % 2 == 0 else d, float((i % 2 == 0) == prefers_short))
-              for i, (p, s, d) in enumerate(thumb_triples)]
+    """The user's pairs (preferred first) and thumbs (alternately on formal and casual)."""
+    pairs = [PairExample(user_id, p, *((f, c) if prefers_formal else (c, f)))
+             for p, f, c in triples]
+    thumbs = [ThumbExample(user_id, p, f if i % 2 == 0 else c,
+                           float((i % 2 == 0) == prefers_formal))
+              for i, (p, f, c) in enumerate(thumb_triples)]
     return pairs, thumbs
 
 
@@ -142,7 +169,7 @@ class Trained:
     data: dict[str, tuple[list[PairExample], list[ThumbExample]]]
     metrics: dict[str, TrainMetrics]
     shared_after_shared: dict[str, torch.Tensor]
-    brief_after_brief: dict[str, torch.Tensor]
+    formal_after_formal: dict[str, torch.Tensor]
 
 
 def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -156,81 +183,105 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 @pytest.fixture(scope="module")
 def trained() -> Trained:
     torch.set_num_threads(2)
-    triples, thumb_triples = make_triples(48, DATA_SEED), make_triples(8, DATA_SEED + 100)
-    data = {"brief": make_user("brief", True, triples, thumb_triples),
-            "verbose": make_user("verbose", False, triples, thumb_triples)}
+    triples, thumb_triples = make_triples(96, DATA_SEED), make_triples(8, DATA_SEED + 100)
+    data = {"formal": make_user("formal", True, triples, thumb_triples),
+            "casual": make_user("casual", False, triples, thumb_triples)}
     model = PersonalRewardModel(CONFIG)
-    metrics = {"shared": model.train_shared(data["brief"][0] + data["verbose"][0],
-                                            data["brief"][1] + data["verbose"][1])}
+    everyone = (data["formal"][0] + data["casual"][0], data["formal"][1] + data["casual"][1])
+    metrics = {"shared": model.train_shared(*everyone)}
+    # a turn of each user: the shared part (each example with its own user's heads), then
+    # the user's heads, as the learner does
+    for user_id in ("formal", "casual"):
+        metrics[user_id] = model.train_user(user_id, *data[user_id])
+        model.train_shared(*everyone)
+    for user_id in ("formal", "casual"):
+        metrics[user_id] = model.train_user(user_id, *data[user_id])
     shared_after_shared = _clone(model.shared_head.state_dict())
-    metrics["brief"] = model.train_user("brief", *data["brief"])
-    brief_after_brief = model.users.state_dict("brief")
-    metrics["verbose"] = model.train_user("verbose", *data["verbose"])
-    return Trained(model, data, metrics, shared_after_shared, brief_after_brief)
+    formal_after_formal = model.users.state_dict("formal")
+    return Trained(model, data, metrics, shared_after_shared, formal_after_formal)
 
 
 def _encoder_copy(base: TextEncoder) -> TextEncoder:
     """An encoder with a copy of ``base``'s backbone weights and settings, and an empty cache."""
     return TextEncoder(copy.deepcopy(base.backbone), base.tokenizer, max_length=base.max_length,
                        pooling=base.pooling, normalize=base.normalize,
-                       batch_size=base.batch_size, cache_size=base.cache_size)
+                       batch_size=base.batch_size, cache_size=base.cache_size,
+                       tuned_layers=base.tuned_layers, state_cache_size=64)
 
 
 def _heldout(trained: Trained, user_id: str) -> list[PairExample]:
     return split_heldout(trained.data[user_id][0], CONFIG.heldout_fraction, CONFIG.seed)[1]
 
 
-def test_data_is_balanced_between_the_two_users(trained: Trained) -> None:
-    # (Nearly) equal held-out counts give the shared model as many "short" as "detailed"
-    # training pairs, so it cannot simply side with the user who has more data.
-    n_brief, n_verbose = len(_heldout(trained, "brief")), len(_heldout(trained, "verbose"))
-    assert abs(n_brief - n_verbose) <= 1 and min(n_brief, n_verbose) >= 10
-
-
-@pytest.mark.parametrize("user_id", ["brief", "verbose"])
-def test_personal_head_beats_shared_model_on_heldout_pairs(trained: Trained, user_id: str) -> None:
+@pytest.mark.parametrize("user_id", ["formal", "casual"])
+def test_personal_heads_beat_the_shared_model_on_heldout_prompts(trained: Trained,
+                                                                 user_id: str) -> None:
     model, held = trained.model, _heldout(trained, user_id)
+    assert len(held) >= 8
     personal = model.pairwise_accuracy(user_id, held, personal=True)
+    judge = model.pairwise_accuracy(user_id, held, personal=True, part=JUDGE)
     shared = model.pairwise_accuracy(user_id, held, personal=False)
-    assert personal >= 0.8
-    assert personal - shared >= 0.25
+    assert personal >= 0.85 and judge >= 0.85
+    assert personal - shared >= 0.25 or shared >= 0.85
     metrics = trained.metrics[user_id]
     assert metrics.personal and metrics.steps > 0
-    assert (metrics.heldout_accuracy, metrics.heldout_accuracy_shared) == (personal, shared)
+    assert (metrics.heldout_accuracy, metrics.heldout_accuracy_shared,
+            metrics.heldout_accuracy_judge) == (personal, shared, judge)
 
 
-def test_training_moves_only_the_trained_users_head(trained: Trained) -> None:
+def test_the_shared_model_alone_cannot_please_both_users(trained: Trained) -> None:
+    shared = [trained.model.pairwise_accuracy(u, _heldout(trained, u), personal=False)
+              for u in ("formal", "casual")]
+    assert sum(shared) / 2 <= 0.6, shared
+
+
+def test_policy_and_judge_heads_learn_from_disjoint_halves(trained: Trained) -> None:
+    state = trained.model.users.state_dict("formal")
+    policy, judge = state["weight"]
+    assert policy.norm() > 0.1 and judge.norm() > 0.1 and not torch.equal(policy, judge)
+    pairs, _ = trained.data["formal"]
+    train, _ = split_heldout(pairs, CONFIG.heldout_fraction, CONFIG.seed)
+    n = [sum(fold_of(p, CONFIG.seed) == part for p in train) for part in (POLICY, JUDGE)]
+    thumbs = split_heldout(trained.data["formal"][1], CONFIG.heldout_fraction, CONFIG.seed)[0]
+    n = [n[part] + sum(fold_of(t, CONFIG.seed) == part for t in thumbs)
+         for part in (POLICY, JUDGE)]
+    assert state["n_examples"].tolist() == n
+
+
+def test_training_a_user_moves_only_that_users_heads(trained: Trained) -> None:
     model = trained.model
-    for user_id in ("brief", "verbose"):
-        assert model.users.state_dict(user_id)["weight"].norm() > 0.1  # moved from zero
-    assert _equal(model.users.state_dict("brief"), trained.brief_after_brief)
+    assert _equal(model.users.state_dict("formal"), trained.formal_after_formal)
+    model.train_user("casual", *trained.data["casual"])
+    assert _equal(model.users.state_dict("formal"), trained.formal_after_formal)
     assert _equal(_clone(model.shared_head.state_dict()), trained.shared_after_shared)
     assert trained.shared_after_shared["weight"].norm() > 0  # the shared head trained too
-    prompt, short, detailed = make_triples(1, 999)[0]
-    brief = model.score("brief", [prompt, prompt], [short, detailed])
-    verbose = model.score("verbose", [prompt, prompt], [short, detailed])
-    assert brief[0] > brief[1] and verbose[1] > verbose[0]
+    prompt, formal, casual = make_triples(1, 999)[0]
+    f = model.score("formal", [prompt, prompt], [formal, casual])
+    c = model.score("casual", [prompt, prompt], [formal, casual])
+    assert f[0] > f[1] and c[1] > c[0]
 
 
 def test_user_head_round_trips_through_safetensors(trained: Trained, tmp_path: Path) -> None:
     model = trained.model
     prompts, completions = list(CORE), [f"Answer number {i}." for i in range(len(CORE))]
-    before = model.score("verbose", prompts, completions)
+    before = model.score("casual", prompts, completions)
+    before_judge = model.judge("casual", prompts, completions)
     shared_file = model.save_shared(tmp_path / "shared.safetensors")
-    user_file = model.save_user("verbose", tmp_path / "verbose.safetensors")
-    assert user_file.stat().st_size < 4096
+    user_file = model.save_user("casual", tmp_path / "casual.safetensors")
+    assert user_file.stat().st_size < 8192
     # Evicted and reloaded in the same model.
-    model.users.evict("verbose")
-    assert not model.uses_personal("verbose")
-    model.load_user("verbose", user_file)
-    assert torch.equal(model.score("verbose", prompts, completions), before)
+    model.users.evict("casual")
+    assert not model.uses_personal("casual")
+    model.load_user("casual", user_file)
+    assert torch.equal(model.score("casual", prompts, completions), before)
     # A fresh model (same backbone weights) from the two files scores identically.
     fresh = PersonalRewardModel(CONFIG, encoder=_encoder_copy(model.encoder))
     fresh.load_shared(shared_file)
-    fresh.load_user("verbose", user_file)
-    assert torch.equal(fresh.score("verbose", prompts, completions), before)
+    fresh.load_user("casual", user_file)
+    assert torch.allclose(fresh.score("casual", prompts, completions), before, atol=1e-5)
+    assert torch.allclose(fresh.judge("casual", prompts, completions), before_judge, atol=1e-5)
     with pytest.raises(ValueError, match="another user"):
-        fresh.load_user("brief", user_file)
+        fresh.load_user("formal", user_file)
 
 
 def test_users_with_little_or_no_data_get_exactly_the_shared_score(trained: Trained) -> None:
@@ -238,39 +289,54 @@ def test_users_with_little_or_no_data_get_exactly_the_shared_score(trained: Trai
     prompts, completions = ["What is inflation?"] * 2, ["Prices rise.", "Money loses value."]
     with torch.no_grad():  # the shared head alone
         shared = model.shared_head(model.head_inputs(prompts, completions)).squeeze(-1)
-    few = trained.data["brief"][0][:3]
+    few = trained.data["formal"][0][:3]
     newbie = [PairExample("newbie", p.prompt, p.chosen, p.rejected) for p in few]
     metrics = model.train_user("newbie", newbie)
     assert (metrics.steps, metrics.personal) == (0, False)
     assert torch.equal(model.score("newbie", prompts, completions), shared)
+    assert torch.equal(model.judge("newbie", prompts, completions), shared)
     assert torch.equal(model.score("never-seen", prompts, completions), shared)
-    assert not torch.equal(model.score("brief", prompts, completions), shared)
+    assert not torch.equal(model.score("formal", prompts, completions), shared)
     # A loaded head trained on too few examples is not used either.
-    state = model.users.state_dict("brief")
-    state["n_examples"] = torch.tensor(CONFIG.user_min_examples - 1)
+    state = model.users.state_dict("formal")
+    state["n_examples"] = torch.tensor([CONFIG.user_min_examples - 1] * 2)
     model.users.load_state_dict("sparse", state)
     assert torch.equal(model.score("sparse", prompts, completions), shared)
 
 
 def test_train_user_refuses_another_users_examples(trained: Trained) -> None:
-    with pytest.raises(ValueError, match="example of user 'brief'"):
-        trained.model.train_user("verbose", trained.data["brief"][0])
+    with pytest.raises(ValueError, match="example of user 'formal'"):
+        trained.model.train_user("casual", trained.data["formal"][0])
 
 
-def test_backbone_tuning_moves_the_backbone_and_clears_the_cache(trained: Trained) -> None:
+def test_shared_training_moves_only_the_top_layers_and_marks_embeddings_stale(
+        trained: Trained) -> None:
     encoder = _encoder_copy(trained.model.encoder)
-    cfg = RewardModelConfig(backbone_lr=1e-4, shared_epochs=1, batch_size=4, heldout_fraction=0.0)
+    cfg = RewardModelConfig(shared_steps=2, shared_batch_size=4, heldout_fraction=0.0)
     model = PersonalRewardModel(cfg, encoder=encoder)
-    # From a trained head: a zero head passes no gradient to the backbone on the first step.
     model.shared_head.load_state_dict(trained.model.shared_head.state_dict())
-    pairs = trained.data["brief"][0][:4]
+    pairs = trained.data["formal"][0][:4]
     model.score("anyone", [pairs[0].prompt], [pairs[0].chosen])
     assert encoder.cached_entries() == 1
-    before = next(encoder.backbone.parameters()).detach().clone()
+    top = {k: v.clone() for k, v in encoder.top.state_dict().items()}
+    lower = next(encoder.backbone.embeddings.parameters()).detach().clone()
     metrics = model.train_shared(pairs)
-    assert metrics.steps == 1 and encoder.cached_entries() == 0
-    assert not torch.equal(next(encoder.backbone.parameters()), before)
+    assert metrics.steps == 2 and encoder.cached_entries() == 0 and encoder.version == 1
+    assert any(not torch.equal(encoder.top.state_dict()[k], v) for k, v in top.items())
+    assert torch.equal(next(encoder.backbone.embeddings.parameters()), lower)
     assert not any(p.requires_grad for p in encoder.backbone.parameters())
+
+
+def test_cached_lower_states_give_the_full_encoders_embeddings(trained: Trained) -> None:
+    encoder = _encoder_copy(trained.model.encoder)
+    prompts, completions = ["What is inflation?", "Hi"], ["Prices rise over time.", "Hello!"]
+    cached = encoder.embed(prompts, completions)
+    with torch.no_grad():
+        batch = encoder.tokenizer(prompts, completions, padding=True, return_tensors="pt")
+        hidden = encoder.backbone(**batch).last_hidden_state
+        m = batch["attention_mask"].unsqueeze(-1).float()
+        full = torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1), dim=-1)
+    assert torch.allclose(cached, full, atol=1e-5)
 
 
 def test_user_pool_evicts_least_recently_used_and_reloads(tmp_path: Path) -> None:
@@ -291,8 +357,8 @@ def test_user_pool_evicts_least_recently_used_and_reloads(tmp_path: Path) -> Non
         head.weight.data.fill_(float(i + 1))
     assert saved == ["a"] and pool.resident_users() == ["b", "c"]
     reloaded = pool.get("a")  # from its file; evicts "b"
-    assert reloaded is not None and torch.equal(reloaded.weight.data, torch.full((4,), 1.0))
+    assert reloaded is not None and torch.equal(reloaded.weight.data, torch.full((2, 4), 1.0))
     assert pool.resident_users() == ["c", "a"] and saved == ["a", "b"]
-    bad = pool.state_dict("a") | {"weight": torch.tensor([1.0, float("nan"), 0.0, 0.0])}
+    bad = pool.state_dict("a") | {"weight": torch.tensor([[1.0, float("nan"), 0.0, 0.0]] * 2)}
     with pytest.raises(ValueError, match="non-finite"):
         pool.load_state_dict("a", bad)

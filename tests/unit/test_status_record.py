@@ -15,6 +15,7 @@ REPORT = TrainerReport(
     feedback_events=7, preference_pairs=12, thumbs_labels=3, reward_model_accuracy=0.75,
     reward_model_shared_accuracy=0.5, reward_model_heldout_pairs=8, last_reward_before=0.1,
     last_reward_after=0.4, last_kl=0.2, last_publish_decision="published v2",
+    reward_model_judge_accuracy=0.7, last_judge_before=0.05, last_judge_after=0.3,
     labelers=(LabelerReport("alice", 0.9, 10, False),), updated_at=1.5)
 
 

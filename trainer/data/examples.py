@@ -9,7 +9,7 @@ from services.contract.records import GenerationRecord
 from trainer.data.chat import ChatMessages, prompt_text
 from trainer.data.preferences import PreferenceConfig, PreferenceData, build_preferences
 from trainer.ingest.journal import Joined
-from trainer.reward.data import PairExample, ThumbExample, stable_hash
+from trainer.reward.data import PairExample, ThumbExample, is_heldout_prompt
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,9 @@ class UserExamples:
 
 
 def build_examples(user_id: str, joined: Sequence[Joined], cfg: PreferenceConfig,
-                   eval_fraction: float = 0.25) -> UserExamples:
+                   heldout_fraction: float = 0.2, seed: int = 0) -> UserExamples:
+    """The user's training material. ``heldout_fraction`` and ``seed`` must be the reward
+    model's (``RewardModelConfig``): the prompts it holds out are the evaluation prompts."""
     # 1. consensus preference data over every event of the user (deduplicated by id)
     data = build_preferences([j.event for j in joined], cfg)
     gens: dict[str, GenerationRecord] = {}
@@ -44,15 +46,14 @@ def build_examples(user_id: str, joined: Sequence[Joined], cfg: PreferenceConfig
                            t.label, t.weight)
               for t in data.thumbs if t.response_id in gens]
 
-    # 3. the user's own prompts, split by a stable hash into PPO and evaluation sets
+    # 3. the user's own prompts, split as the reward model splits them: PPO samples the
+    #    training prompts, the publish gate compares adapters on the held-out ones
     prompts: dict[str, ChatMessages] = {}
     for g in gens.values():
         prompts.setdefault(prompt_text(g.messages), [dict(m) for m in g.messages])
     train, held = [], []
     for key in sorted(prompts):
-        held_out = stable_hash(user_id, key) % 1000 < eval_fraction * 1000
+        held_out = is_heldout_prompt(user_id, key, heldout_fraction, seed)
         (held if held_out else train).append(prompts[key])
-    if not train or not held:  # too few prompts to split: use all for both
-        train = held = [prompts[k] for k in sorted(prompts)]
     return UserExamples(data, pairs, thumbs, train, held, len(joined),
                         max((j.seq for j in joined), default=0))

@@ -30,14 +30,13 @@ from services.contract.store import AdapterStore, StaleParent
 from trainer.config import TrainerConfig
 from trainer.data.chat import ChatMessages, prompt_text
 from trainer.data.examples import UserExamples
-from trainer.loop.gate import evaluate, judge
+from trainer.loop.gate import AdapterSample, compare, held_out_sample, snapshot, verdict
 from trainer.loop.publish import Announce, Publisher
 from trainer.metrics import TrainerMetrics
 from trainer.ppo.config import UserProgress
 from trainer.ppo.policies import PolicyPool
 from trainer.ppo.rollout import render_prompts
 from trainer.ppo.trainer import PPOTrainer
-from trainer.reward.data import stable_hash
 from trainer.reward.model import PersonalRewardModel
 from trainer.reward.shared_sample import SharedSample
 
@@ -58,7 +57,13 @@ class TurnResult:
     rm_accuracy_shared: float | None = None
     """Held-out accuracy of the shared reward model alone on the same pairs."""
     rm_heldout_pairs: int = 0
-    """Held-out pairs both accuracies were measured on (0: not measured)."""
+    """Held-out pairs the accuracies were measured on (0: not measured)."""
+    rm_accuracy_judge: float | None = None
+    """Held-out accuracy of the user's judge head (the gate's scorer)."""
+    judge_before: float = math.nan
+    """The served adapter's mean judge reward on the gate's prompts."""
+    judge_after: float = math.nan
+    """The candidate's mean judge reward on the same prompts."""
 
 
 class Learner:
@@ -140,12 +145,12 @@ class Learner:
         self._metrics.rm_loss.labels("user").set(personal.loss)
         if personal.heldout_accuracy is not None:
             self._metrics.rm_accuracy.observe(personal.heldout_accuracy)
-        reward_fn = self._reward_fn(rm, ppo, user_id, ex.train_prompts + ex.eval_prompts)
+        reward_fn = self._reward_fn(rm.score, ppo, user_id, ex.train_prompts)
         # 2. PPO from the user's current adapter, on the user's own prompts
         self._reload_if_superseded(ppo, user_id)
         self._restore_progress(ppo, user_id)
         ppo.pool.activate(user_id)
-        served = self._served.setdefault(user_id, _snapshot(ppo.pool, user_id))
+        served = self._served.setdefault(user_id, snapshot(ppo.pool, user_id))
         steps = 0
         for _ in range(self._cfg.schedule.ppo_steps_per_turn):
             if should_stop():
@@ -159,20 +164,21 @@ class Learner:
                 self._metrics.ppo_clipfrac.set(step.clipfrac)
             if run.stopped_reason != "budget":  # the seed's stop rule ended the run
                 break
-        # 3. gate: the candidate vs the adapter the user is served, on held-out prompts
+        # 3. gate: the candidate vs the adapter the user is served, on held-out prompts,
+        #    judged by the user's judge head (PPO optimised the policy head, not this one)
         gate_prompts = held_out_sample(user_id, ex.eval_prompts, self._cfg.publish.eval_prompts)
-        new_score, new_kl = evaluate(ppo, user_id, gate_prompts, reward_fn,
-                                     self._cfg.publish.eval_samples)
-        candidate = _snapshot(ppo.pool, user_id)
-        _restore(ppo.pool, user_id, served)
-        old_score, _ = evaluate(ppo, user_id, gate_prompts, reward_fn,
-                                self._cfg.publish.eval_samples, with_kl=False)
-        _restore(ppo.pool, user_id, candidate)
+        if not gate_prompts:
+            return TurnResult(user_id, "waiting: no held-out prompts for the gate yet",
+                              steps=steps)
+        judge_fn = self._reward_fn(rm.judge, ppo, user_id, gate_prompts)
+        old, new, candidate = compare(ppo, user_id, gate_prompts, judge_fn, reward_fn,
+                                      self._cfg.publish, served)
         if should_stop():  # e.g. the partition moved during the gate: publish nothing
             return TurnResult(user_id, "interrupted", interrupted=True)
-        result = self._decide(user_id, ex, steps, old_score, new_score, new_kl,
-                              personal.heldout_accuracy, ppo)
-        result = replace(result, rm_accuracy_shared=personal.heldout_accuracy_shared,
+        result = self._decide(user_id, ex, steps, old, new, ppo)
+        result = replace(result, rm_accuracy=personal.heldout_accuracy,
+                         rm_accuracy_shared=personal.heldout_accuracy_shared,
+                         rm_accuracy_judge=personal.heldout_accuracy_judge,
                          rm_heldout_pairs=personal.n_heldout_pairs)
         if result.published_version:
             self._served[user_id] = candidate
@@ -181,12 +187,15 @@ class Learner:
         self._metrics.adapters_in_memory.set(len(ppo.pool.resident_users()))
         return result
 
-    def _reward_fn(self, rm: PersonalRewardModel, ppo: PPOTrainer, user_id: str,
+    @staticmethod
+    def _reward_fn(score: Callable[[str, list[str], list[str]], torch.Tensor],
+                   ppo: PPOTrainer, user_id: str,
                    prompts: Sequence[ChatMessages]) -> Callable[..., torch.Tensor]:
-        """Scores rendered prompts with the reward model's prompt format."""
+        """``score`` (the policy head or the judge) of rendered prompts, in the reward
+        model's prompt format."""
         as_text = dict(zip(render_prompts(ppo.pool.tokenizer, prompts),
                            [prompt_text(p) for p in prompts], strict=True))
-        return lambda rendered, completions: rm.score(
+        return lambda rendered, completions: score(
             user_id, [as_text.get(r, r) for r in rendered], completions)
 
     def _restore_progress(self, ppo: PPOTrainer, user_id: str) -> None:
@@ -196,29 +205,31 @@ class Learner:
         ppo.set_progress(user_id, UserProgress(
             steps=m.steps, kl_coef=float(m.metrics.get("kl_coef", self._cfg.ppo.kl_coef))))
 
-    def _decide(self, user_id: str, ex: UserExamples, steps: int, old: float, new: float,
-                kl: float, accuracy: float | None, ppo: PPOTrainer) -> TurnResult:
-        verdict = judge(self._cfg.publish, steps, old, new, kl)
-        if verdict.publish:
-            progress = ppo.progress(user_id)
-            with tempfile.TemporaryDirectory() as tmp:
-                ppo.pool.export_adapter(user_id, Path(tmp))
-                try:
-                    version = self._publisher.publish(
-                        user_id, Path(tmp), parent_version=self._parents.get(user_id, ""),
-                        steps=progress.steps, feedback_count=ex.feedback_events,
-                        reward_before=old, reward_after=new, kl=kl,
-                        metrics={"kl_coef": progress.kl_coef, "turn_steps": steps})
-                except StaleParent as exc:
-                    log.warning("publish fenced, turn dropped: %s", exc)
-                    self._metrics.publish_fenced.inc()
-                    self._reload(ppo, user_id)
-                    return TurnResult(user_id, f"fenced: {exc}", interrupted=True)
-            self._metrics.published.inc()
-            return TurnResult(user_id, f"published {version}", version, old, new, kl,
-                              accuracy, steps)
-        self._metrics.refused.labels(verdict.reason).inc()  # one of metrics.REFUSAL_REASONS
-        return TurnResult(user_id, verdict.decision, "", old, new, kl, accuracy, steps)
+    def _decide(self, user_id: str, ex: UserExamples, steps: int, old: AdapterSample,
+                new: AdapterSample, ppo: PPOTrainer) -> TurnResult:
+        judged = verdict(self._cfg.publish, steps, old, new)
+        result = TurnResult(user_id, judged.decision, "", old.optimised, new.optimised, new.kl,
+                            steps=steps, judge_before=old.judge, judge_after=new.judge)
+        if not judged.publish:
+            self._metrics.refused.labels(judged.reason).inc()  # one of REFUSAL_REASONS
+            return result
+        progress = ppo.progress(user_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            ppo.pool.export_adapter(user_id, Path(tmp))
+            try:
+                version = self._publisher.publish(
+                    user_id, Path(tmp), parent_version=self._parents.get(user_id, ""),
+                    steps=progress.steps, feedback_count=ex.feedback_events,
+                    reward_before=old.optimised, reward_after=new.optimised, kl=new.kl,
+                    metrics={"kl_coef": progress.kl_coef, "turn_steps": steps,
+                             "judge_before": old.judge, "judge_after": new.judge})
+            except StaleParent as exc:
+                log.warning("publish fenced, turn dropped: %s", exc)
+                self._metrics.publish_fenced.inc()
+                self._reload(ppo, user_id)
+                return TurnResult(user_id, f"fenced: {exc}", interrupted=True)
+        self._metrics.published.inc()
+        return replace(result, decision=f"published {version}", published_version=version)
 
     def status(self, user_id: str, ex: UserExamples, result: TurnResult) -> TrainerReport:
         """The report GetUserStatus serves for the user."""
@@ -228,28 +239,12 @@ class Learner:
             reward_model_accuracy=finite(result.rm_accuracy),
             reward_model_shared_accuracy=finite(result.rm_accuracy_shared),
             reward_model_heldout_pairs=result.rm_heldout_pairs,
+            reward_model_judge_accuracy=finite(result.rm_accuracy_judge),
             last_reward_before=finite(result.reward_before),
             last_reward_after=finite(result.reward_after), last_kl=finite(result.kl),
+            last_judge_before=finite(result.judge_before),
+            last_judge_after=finite(result.judge_after),
             last_publish_decision=result.decision,
             labelers=tuple(LabelerReport(s.labeler_id, s.agreement, s.judgements, s.flagged)
                            for s in ex.data.labelers.values()),
             updated_at=time.time())
-
-
-def held_out_sample(user_id: str, prompts: Sequence[ChatMessages],
-                    limit: int) -> list[ChatMessages]:
-    """At most ``limit`` of the user's held-out prompts, chosen by a stable hash, so the
-    gate's work stays bounded as the history grows and the sample changes only when a
-    new prompt hashes below the ones chosen."""
-    ranked = sorted(prompts, key=lambda p: stable_hash(user_id, prompt_text(p)))
-    return ranked[:limit]
-
-
-def _snapshot(pool: PolicyPool, user_id: str) -> dict[str, torch.Tensor]:
-    return {k: p.detach().clone() for k, p in pool.adapter_parameters(user_id).items()}
-
-
-def _restore(pool: PolicyPool, user_id: str, snap: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for k, p in pool.adapter_parameters(user_id).items():
-            p.copy_(snap[k])

@@ -111,7 +111,8 @@ class TrainerService:
         """The user's turn; stopped between PPO iterations (and before publishing) on
         shutdown or when the user's partition is no longer this process's."""
         partition = self.journal.partition_of(user)
-        ex = build_examples(user, self.journal.joined(user), self.cfg.preferences)
+        ex = build_examples(user, self.journal.joined(user), self.cfg.preferences,
+                            self.cfg.reward.heldout_fraction, self.cfg.reward.seed)
         result = self.learner.turn(user, ex, lambda: (self.stop_event.is_set()
                                                       or not self.ingest.owns(partition)))
         if result.interrupted:

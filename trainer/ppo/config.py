@@ -35,6 +35,11 @@ class PPOConfig:
     """Sampling temperature; the loss's log-probabilities use the same scaled logits."""
     top_p: float = 1.0
     """Nucleus sampling mass (1.0 = off)."""
+    missing_eos_penalty: float = 0.0
+    """Subtracted from the score of a completion cut at ``max_new_tokens`` (no EOS), as
+    TRL's ``missing_eos_penalty``. Off by default: it pushes every user toward shorter
+    answers, which is itself a preference; turn it on where truncated answers are a
+    defect rather than a matter of taste."""
     kl_coef: float = 0.05
     """Initial weight of the per-token KL penalty against the reference (adapter off)."""
     target_kl: float | None = None

@@ -63,7 +63,10 @@ class Experience:
 
     rollout: Rollout
     scores: Tensor
-    """(B,) reward-model scores."""
+    """(B,) reward-model scores (minus the missing-EOS penalty where it applies)."""
+    ended: Tensor
+    """(B,) True where the completion ended with an end-of-sequence token (not cut at the
+    token limit)."""
     old: PolicyOutput | None
     """The policy's log-probs and values at rollout time (None when not evaluated)."""
     ref_logprobs: Tensor | None
@@ -90,10 +93,13 @@ def collect(
     temperature: float,
     value_head: nn.Linear | None = None,
     evaluate: bool = True,
+    missing_eos_penalty: float = 0.0,
 ) -> Experience:
     """Rollout, scores and (with ``evaluate``) policy and reference evaluation of one
     batch, with the adapter that is active on ``model``. The same seed gives two
-    adapters the same random numbers, so their difference is not sampling noise."""
+    adapters the same random numbers, so their difference is not sampling noise.
+    A completion cut at the token limit scores ``missing_eos_penalty`` less (as TRL's
+    ``missing_eos_penalty``)."""
     started = time.perf_counter()
 
     # 1. rollout: sample completions with the user's current policy
@@ -105,8 +111,13 @@ def collect(
     scores = scores.to(device=mask.device, dtype=torch.float32).reshape(-1)  # (B,)
     if scores.shape[0] != len(prompts):
         raise ValueError(f"reward_fn returned {scores.shape[0]} scores for {len(prompts)}")
+    eos = generation.eos_token_id
+    eos_ids = torch.as_tensor(eos if isinstance(eos, list) else [eos],
+                              device=rollout.response_ids.device)
+    ended = (torch.isin(rollout.response_ids, eos_ids) & (mask > 0)).any(1)  # (B,)
+    scores = scores - missing_eos_penalty * (~ended).float()  # (B,)
     if not evaluate:
-        return Experience(rollout, scores, None, None, seed, started,
+        return Experience(rollout, scores, ended, None, None, seed, started,
                           score=scores.mean().item(), kl=float("nan"))
 
     # 3. evaluate: old log-probs and values under the policy, ref log-probs adapter off
@@ -114,5 +125,5 @@ def collect(
     with model.disable_adapter():
         ref = policy_forward(model, None, rollout, temperature)
     kl_tokens = ppo_math.per_token_kl(old.logprobs, ref.logprobs) * mask  # (B, R)
-    return Experience(rollout, scores, old, ref.logprobs, seed, started,
+    return Experience(rollout, scores, ended, old, ref.logprobs, seed, started,
                       score=scores.mean().item(), kl=kl_tokens.sum(1).mean().item())

@@ -130,7 +130,8 @@ class PPOTrainer:
                  for i in range(cfg.batch_size)]
         return collect(self.pool.model, self.pool.tokenizer, self.generation, batch, reward_fn,
                        iteration_seed(cfg.seed, user_id, progress.steps), cfg.temperature,
-                       value_head=resident.value_head)
+                       value_head=resident.value_head,
+                       missing_eos_penalty=cfg.missing_eos_penalty)
 
     def _learn(self, user_id: str, exp: Experience, progress: UserProgress) -> PPOStepMetrics:
         """Steps 5-7 of an iteration: rewards, GAE, PPO epochs, KL controller."""

@@ -23,33 +23,37 @@ class RewardModelConfig:
     """How token states become one embedding: "mean" (over real tokens) or "cls"."""
     normalize: bool = True
     """L2-normalise pooled embeddings (as sentence-transformers does for MiniLM)."""
-    surface_features: bool = True
-    """Give the heads the completion's length and layout next to the embedding
-    (``trainer.reward.features``)."""
     max_length: int = 256
     """Token budget of prompt + completion; the longer one is truncated first."""
     encode_batch_size: int = 32
-    """Sequences per backbone forward pass when filling the embedding cache."""
+    """Sequences per backbone forward pass when filling the caches."""
+    tuned_layers: int = 2
+    """Top transformer layers of the encoder trained on everyone's pairs (the rest stay
+    frozen, their output cached); 0 freezes the whole encoder. Needs a BERT-style encoder."""
+    state_cache_size: int = 4096
+    """Cached lower-layer token states of (prompt, completion) texts (LRU; T x H floats
+    each, ~100 KB for a 64-token text with MiniLM)."""
     embedding_cache_size: int = 20_000
-    """Cached (prompt, completion) embeddings (LRU, each row its own H floats: ~1.5 KB for
-    MiniLM, so ~30 MB at the default); 0 disables the cache."""
-    backbone_lr: float = 0.0
-    """Learning rate of the backbone in ``train_shared`` (dropout stays off); 0 keeps it frozen.
-    Frozen is the default and the only setting in which cached embeddings and trained user
-    heads stay valid across calls: tuning moves the embedding space under every user head."""
+    """Cached pooled embeddings under the current top layers (LRU, H floats each; emptied
+    whenever the top layers change)."""
+    backbone_lr: float = 1e-4
+    """Adam learning rate of the encoder's trained top layers."""
     shared_lr: float = 1e-2
     """Adam learning rate of the shared head."""
     shared_l2: float = 1e-4
     """L2 penalty on the shared head's weights."""
-    shared_epochs: int = 30
-    """Passes over the training data per ``train_shared`` call."""
+    shared_steps: int = 16
+    """Optimiser steps of the shared part (top layers + shared head) per ``train_shared``
+    call, on minibatches of ``shared_batch_size`` drawn from the shared sample: bounds the
+    cost of a turn whatever the sample's size."""
+    shared_batch_size: int = 16
+    """Examples (pairs or thumbs) per step of the shared part."""
     shared_max_examples: int = 2048
     """Most examples (pairs + thumbs, all users together) the learner keeps for the shared
     head: a hash-chosen sample (``trainer.reward.shared_sample``), so memory and the cost of a
     ``train_shared`` call stay flat as users are added."""
     shared_max_examples_per_user: int = 128
-    """Most examples of one user in that sample. Keep ``embedding_cache_size`` at least twice
-    ``shared_max_examples`` (a pair has two texts), or the sample is re-encoded every turn."""
+    """Most examples of one user in that sample."""
     user_lr: float = 2e-2
     """Adam learning rate of a user's head."""
     user_l2: float = 1e-3
@@ -58,36 +62,38 @@ class RewardModelConfig:
     """Passes over the user's training data per ``train_user`` call."""
     batch_size: int = 32
     """Examples (pairs or thumbs) per optimiser step."""
-    user_min_examples: int = 8
-    """Training examples a user needs before ``score`` uses their personal head."""
+    user_min_examples: int = 6
+    """Training examples a user's head needs (per head: the policy and the judge head each
+    train on their own half) before it is used instead of the shared reward."""
     max_resident_users: int = 10_000
     """User heads kept in memory; the least recently used is evicted beyond it."""
     heldout_fraction: float = 0.2
-    """Share of each user's examples held out of training for evaluation (by hash)."""
+    """Share of each user's prompts whose examples are held out of all training, for
+    evaluation (by hash of the prompt, so a ranking's pairs stay on one side)."""
     seed: int = 0
     """Seed of the held-out split and of the minibatch order."""
     device: str = "cpu"
     """Torch device of the encoder and the heads ("cpu", "cuda", ...)."""
 
     def __post_init__(self) -> None:
-        positive = ("max_length", "encode_batch_size", "shared_lr", "shared_epochs", "user_lr",
+        positive = ("max_length", "encode_batch_size", "shared_lr", "shared_steps", "user_lr",
                     "user_epochs", "batch_size", "max_resident_users", "shared_max_examples",
-                    "shared_max_examples_per_user")
+                    "shared_max_examples_per_user", "shared_batch_size")
         for name in positive:
             if not (value := getattr(self, name)) > 0:
                 raise ValueError(f"RewardModelConfig.{name} must be > 0, got {value}")
         for name in ("embedding_cache_size", "backbone_lr", "shared_l2", "user_l2",
-                     "user_min_examples"):
+                     "user_min_examples", "tuned_layers", "state_cache_size"):
             if (value := getattr(self, name)) < 0:
                 raise ValueError(f"RewardModelConfig.{name} must be >= 0, got {value}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"RewardModelConfig.pooling must be one of {POOLINGS}")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ValueError("RewardModelConfig.heldout_fraction must be in [0, 1)")
-        if 0 < self.embedding_cache_size < 2 * self.shared_max_examples:
-            logger.warning("embedding_cache_size %s < 2 x shared_max_examples %s: the cache cannot "
-                           "hold the shared sample's texts, so every train_shared re-encodes them",
-                           self.embedding_cache_size, self.shared_max_examples)
+        if 0 < self.state_cache_size < 2 * self.shared_batch_size:
+            logger.warning("state_cache_size %s < 2 x shared_batch_size %s: every step of the "
+                           "shared part re-encodes its texts", self.state_cache_size,
+                           self.shared_batch_size)
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,9 @@ class TrainMetrics:
     personal: bool
     """Whether ``score`` now uses a personal head for this user (False for shared)."""
     encode_seconds: float
-    """Time spent filling the embedding cache (backbone forwards)."""
+    """Time spent filling the caches (frozen backbone forwards)."""
     seconds: float
     """Wall time of the call, encoding included."""
+    heldout_accuracy_judge: float | None = None
+    """Pairwise accuracy of the judge (the user's second head, trained on the other half of
+    the user's data, which PPO never optimises) on the same pairs."""

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-__all__ = ["Example", "PairExample", "ThumbExample", "split_heldout", "stable_hash"]
+__all__ = ["Example", "PairExample", "ThumbExample", "fold_of", "is_heldout_prompt",
+           "split_heldout", "stable_hash"]
 
 
 @dataclass(frozen=True)
@@ -49,28 +50,33 @@ def stable_hash(*parts: str) -> int:
     return int.from_bytes(digest, "big")
 
 
-def _content_key(example: Example) -> tuple[str, ...]:
-    """The fields that identify an example (its weight excluded)."""
-    if isinstance(example, PairExample):
-        return ("pair", example.prompt, example.chosen, example.rejected)
-    return ("thumb", example.prompt, example.completion, repr(float(example.label)))
-
-
 def split_heldout(examples: Sequence[E], fraction: float, seed: int) -> tuple[list[E], list[E]]:
-    """Split ``examples`` into ``(train, heldout)``, deterministically per user.
+    """Split ``examples`` into ``(train, heldout)`` by prompt, deterministically per user.
 
-    An example is held out when the hash of (seed, its user_id, its content) falls in the
-    lowest ``fraction`` of the hash range. The decision depends on nothing else, so it stays
-    the same as a user's data set grows (no example moves from training into the held-out
-    set), duplicates land on the same side, and every process computes the same split. The
-    held-out share is ``fraction`` in expectation, not exactly.
+    An example is held out when the hash of (seed, its user_id, its prompt) falls in the
+    lowest ``fraction`` of the hash range. So every pair of one ranking (and every thumbs
+    on one prompt) lands on the same side: a held-out A > C never shares a text with a
+    training pair A > B. The decision depends on nothing else, so it stays the same as a
+    user's data grows, and every process computes the same split. The held-out share of
+    prompts is ``fraction`` in expectation, not exactly.
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"heldout fraction must be in [0, 1), got {fraction}")
-    threshold = int(fraction * 2**64)
     train: list[E] = []
     heldout: list[E] = []
     for example in examples:
-        h = stable_hash(str(seed), example.user_id, *_content_key(example))
-        (heldout if h < threshold else train).append(example)
+        held = is_heldout_prompt(example.user_id, example.prompt, fraction, seed)
+        (heldout if held else train).append(example)
     return train, heldout
+
+
+def is_heldout_prompt(user_id: str, prompt: str, fraction: float, seed: int) -> bool:
+    """Whether the user's ``prompt`` is held out of training: the reward model never trains
+    on its examples, PPO never samples it, and the publish gate compares adapters on it."""
+    return stable_hash(str(seed), user_id, prompt) < int(fraction * 2**64)
+
+
+def fold_of(example: Example, seed: int) -> int:
+    """0 or 1: which half of the user's training prompts the example belongs to. The
+    policy head trains on fold 0, the judge head on fold 1 (disjoint by prompt)."""
+    return stable_hash(str(seed), "fold", example.user_id, example.prompt) & 1

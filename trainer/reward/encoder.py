@@ -1,17 +1,23 @@
-"""The reward model's text encoder: a HF encoder that pools (prompt, completion) into a vector.
+"""The reward model's text encoder: a HF encoder that reads (prompt, completion) together and
+pools it into a vector, with its top layers trained.
 
 The (prompt, completion) text is tokenized as a sentence pair (BERT-style
-``[CLS] prompt [SEP] completion [SEP]``), so the encoder sees both together,
-then pooled into one embedding per example: (B, T, H) -> (B, H).
+``[CLS] prompt [SEP] completion [SEP]``), so attention runs across both: a preference
+about how an answer relates to its prompt can be learnt (a cross-encoder). Then:
 
-Embedding cache: the backbone is frozen for almost all of the training (every
-per-user step, and the shared head too by default), so the pooled embedding of
-a given (prompt, completion) only changes when the backbone's weights change.
-``embed`` keeps an LRU cache of them (``cache_size`` entries, H floats each:
-~1.5 KB for MiniLM) and runs the backbone only on misses, in batches. Training
-then costs tensor maths on (B, H) rows instead of transformer forwards. Whoever
-changes the backbone's weights must call ``clear_cache``; gradient-carrying
-calls (``grad=True``, backbone tuning) bypass the cache.
+    tokens -> lower layers (frozen) -> states s (T, H) -> top ``tuned_layers`` (trained)
+           -> pooling (mean or CLS, optionally L2-normalised) -> e (H,)
+
+Caches, so that training costs little on a CPU:
+
+1. State cache: the frozen lower layers' output ``s`` of each (prompt, completion), an LRU
+   of ``state_cache_size`` entries (T x H floats each). A training step only runs the
+   top layers forward and backward on cached states.
+2. Pooled cache: the no-grad embedding ``e`` of each (prompt, completion) under the current
+   top layers (``embedding_cache_size`` entries). ``mark_updated`` empties it whenever the
+   top layers' weights change (the encoder's ``version`` counts those changes).
+
+With ``tuned_layers=0`` the whole encoder is frozen and only the pooled cache is used.
 """
 
 from __future__ import annotations
@@ -49,12 +55,41 @@ def default_backbone_dir() -> Path:
     return Path(spec.origin).resolve().parent / "model"
 
 
+def encoder_layers(backbone: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a BERT-style encoder (BERT, MiniLM, RoBERTa, ELECTRA)."""
+    layers = getattr(getattr(backbone, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"{type(backbone).__name__} is not a BERT-style encoder (no "
+                         "encoder.layer); set RewardModelConfig.tuned_layers to 0")
+    return layers
+
+
+class _LRU(OrderedDict[CacheKey, Tensor]):
+    """An OrderedDict used as an LRU of detached tensors (least recently used first)."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+
+    def get_row(self, key: CacheKey) -> Tensor:
+        self.move_to_end(key)
+        return self[key]
+
+    def put(self, key: CacheKey, row: Tensor) -> None:
+        if self.capacity <= 0:
+            return
+        self[key] = row.detach().clone()  # a row of a batch would keep the batch alive
+        self.move_to_end(key)
+        while len(self) > self.capacity:
+            self.popitem(last=False)
+
+
 class TextEncoder:
-    """Tokenizer + HF encoder + pooling, with an LRU cache of no-grad embeddings."""
+    """Tokenizer + HF encoder (top layers trainable) + pooling, with the two caches."""
 
     def __init__(self, backbone: nn.Module, tokenizer: PreTrainedTokenizerBase, *,
                  max_length: int, pooling: str, normalize: bool, batch_size: int,
-                 cache_size: int) -> None:
+                 cache_size: int, tuned_layers: int = 0, state_cache_size: int = 0) -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.backbone = backbone
@@ -64,7 +99,18 @@ class TextEncoder:
         self.normalize = normalize
         self.batch_size = batch_size
         self.cache_size = cache_size
-        self._cache: OrderedDict[CacheKey, Tensor] = OrderedDict()  # LRU first
+        self.tuned_layers = tuned_layers
+        layers = encoder_layers(backbone) if tuned_layers else nn.ModuleList()
+        if tuned_layers > len(layers) and tuned_layers:
+            raise ValueError(f"tuned_layers {tuned_layers} > the encoder's {len(layers)}")
+        self.split = len(layers) - tuned_layers
+        """Index of the first trained layer (the cached states are its input)."""
+        self.top = nn.ModuleList(list(layers)[self.split:])
+        """The trained top layers (empty when the encoder is frozen)."""
+        self.version = 0
+        """Counts changes of the top layers' weights (``mark_updated``)."""
+        self._pooled = _LRU(cache_size)
+        self._states = _LRU(state_cache_size)
 
     @classmethod
     def from_pretrained(cls, backbone_dir: str | Path, device: str, **kwargs) -> TextEncoder:
@@ -72,7 +118,7 @@ class TextEncoder:
         from transformers import AutoModel, AutoTokenizer
 
         backbone = AutoModel.from_pretrained(str(backbone_dir)).to(device)
-        backbone.eval()
+        backbone.eval()  # no dropout, also in the trained layers: deterministic rewards
         backbone.requires_grad_(False)
         tokenizer = AutoTokenizer.from_pretrained(str(backbone_dir))
         logger.info("loaded reward backbone %s (%s parameters)", backbone_dir,
@@ -87,72 +133,104 @@ class TextEncoder:
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
-    def encode(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
-        """Run the backbone on (prompt, completion) pairs: pooled embeddings (B, H).
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The top layers' parameters (none when the encoder is frozen)."""
+        return list(self.top.parameters())
 
-        Gradients flow when grad mode is on and the backbone's parameters require them.
-        Truncation ("longest_first") trims the longer of prompt and completion first.
-        """
-        batch = self.tokenizer(list(prompts), list(completions), padding=True,
-                               truncation="longest_first", max_length=self.max_length,
-                               return_tensors="pt").to(self.device)
-        hidden = self.backbone(**batch).last_hidden_state  # (B, T, H)
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]  # (B, H)
-        else:
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, H)
-        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+    def mark_updated(self) -> None:
+        """The top layers' weights changed: cached embeddings are stale."""
+        self.version += 1
+        self._pooled.clear()
+
+    def clear_cache(self) -> None:
+        """Forget every cached state and embedding (after the backbone's weights change)."""
+        self._pooled.clear()
+        self._states.clear()
+
+    def cached_entries(self) -> int:
+        return len(self._pooled)
+
+    def cached_bytes(self) -> int:
+        """Bytes of tensor storage both caches hold (distinct storages counted once)."""
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                    for t in [*self._pooled.values(), *self._states.values()]}
+        return sum(storages.values())
+
+    # --- embeddings ----------------------------------------------------------------------
 
     def embed(self, prompts: Sequence[str], completions: Sequence[str],
               grad: bool = False) -> Tensor:
-        """Pooled embeddings (B, H); without ``grad`` served from the cache where possible."""
-        if grad:
-            return self.encode(prompts, completions)
+        """Pooled embeddings (B, H). With ``grad`` the top layers run with gradients (on
+        cached lower states); without, rows come from the pooled cache where possible."""
         keys: list[CacheKey] = list(zip(prompts, completions, strict=True))
-        fresh = self._encode_missing(keys)
-        rows = [fresh[k] if k in fresh else self._cache_get(k) for k in keys]
-        for key, row in fresh.items():
-            self._cache_put(key, row)
-        return torch.stack(rows) if rows else torch.empty(0, self.hidden_size, device=self.device)
-
-    def clear_cache(self) -> None:
-        """Forget every cached embedding (call after the backbone's weights change)."""
-        self._cache.clear()
-
-    def cached_entries(self) -> int:
-        return len(self._cache)
-
-    def cached_bytes(self) -> int:
-        """Bytes of tensor storage the cache holds (distinct storages counted once)."""
-        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                    for t in self._cache.values()}
-        return sum(storages.values())
-
-    def _encode_missing(self, keys: list[CacheKey]) -> dict[CacheKey, Tensor]:
-        """Encode the distinct keys not in the cache, ``batch_size`` at a time, without grad.
-
-        Keys are batched by text length, so that short texts are not padded to long ones.
-        """
-        missing = sorted(dict.fromkeys(k for k in keys if k not in self._cache),
-                         key=lambda k: len(k[0]) + len(k[1]))
+        if grad:
+            return self._embed_keys(keys)
+        missing = sorted(dict.fromkeys(k for k in keys if k not in self._pooled),
+                         key=lambda k: len(k[0]) + len(k[1]))  # batch similar lengths
         fresh: dict[CacheKey, Tensor] = {}
         with torch.no_grad():
             for start in range(0, len(missing), self.batch_size):
                 chunk = missing[start:start + self.batch_size]
-                pooled = self.encode([p for p, _ in chunk], [c for _, c in chunk])  # (b, H)
-                fresh.update(zip(chunk, pooled, strict=True))
-        return fresh
+                fresh.update(zip(chunk, self._embed_keys(chunk), strict=True))
+        rows = [fresh[k] if k in fresh else self._pooled.get_row(k) for k in keys]
+        for key, row in fresh.items():
+            self._pooled.put(key, row)
+        return torch.stack(rows) if rows else torch.empty(0, self.hidden_size, device=self.device)
 
-    def _cache_get(self, key: CacheKey) -> Tensor:
-        self._cache.move_to_end(key)
-        return self._cache[key]
+    def _embed_keys(self, keys: list[CacheKey]) -> Tensor:
+        """Pooled embeddings (B, H) of ``keys``, gradients flowing into the top layers when
+        grad mode is on."""
+        if not self.top:
+            return self.encode([p for p, _ in keys], [c for _, c in keys])
+        states, mask = self._lower_states(keys)  # (B, T, H), (B, T)
+        extended = (1.0 - mask[:, None, None, :].to(states.dtype)) \
+            * torch.finfo(states.dtype).min  # (B, 1, 1, T) additive attention mask
+        hidden = states
+        for layer in self.top:
+            out = layer(hidden, attention_mask=extended)
+            hidden = out[0] if isinstance(out, tuple) else out  # (B, T, H)
+        return self._pool(hidden, mask)
 
-    def _cache_put(self, key: CacheKey, row: Tensor) -> None:
-        if self.cache_size <= 0:
-            return
-        # a row of a batch is a view that would keep the whole batch alive: store a copy
-        self._cache[key] = row.detach().clone()
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+    def encode(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
+        """The whole encoder on (prompt, completion) pairs, no cache: pooled (B, H)."""
+        batch = self._tokenize(list(zip(prompts, completions, strict=True)))
+        hidden = self.backbone(**batch).last_hidden_state  # (B, T, H)
+        return self._pool(hidden, batch["attention_mask"])
+
+    def _lower_states(self, keys: list[CacheKey]) -> tuple[Tensor, Tensor]:
+        """The frozen lower layers' output for ``keys``, right-padded: (B, T, H), (B, T)."""
+        missing = [k for k in dict.fromkeys(keys) if k not in self._states]
+        fresh: dict[CacheKey, Tensor] = {}
+        with torch.no_grad():
+            for start in range(0, len(missing), self.batch_size):
+                chunk = missing[start:start + self.batch_size]
+                batch = self._tokenize(chunk)
+                out = self.backbone(**batch, output_hidden_states=True)
+                states = out.hidden_states[self.split]  # (b, T, H) input of the first top layer
+                for i, key in enumerate(chunk):
+                    fresh[key] = states[i, : int(batch["attention_mask"][i].sum())]  # (T_i, H)
+        rows = [fresh[k] if k in fresh else self._states.get_row(k) for k in keys]
+        for key, row in fresh.items():
+            self._states.put(key, row)
+        longest = max(r.shape[0] for r in rows)
+        states = torch.zeros(len(rows), longest, self.hidden_size, device=self.device)
+        mask = torch.zeros(len(rows), longest, dtype=torch.long, device=self.device)
+        for i, row in enumerate(rows):
+            states[i, : row.shape[0]] = row
+            mask[i, : row.shape[0]] = 1
+        return states, mask
+
+    def _tokenize(self, keys: list[CacheKey]):  # type: ignore[no-untyped-def]
+        """Sentence-pair batch; "longest_first" trims the longer of prompt and completion."""
+        return self.tokenizer([p for p, _ in keys], [c for _, c in keys], padding=True,
+                              truncation="longest_first", max_length=self.max_length,
+                              return_tensors="pt").to(self.device)
+
+    def _pool(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        """(B, T, H) token states -> (B, H), over real tokens only."""
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]  # (B, H)
+        else:
+            m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, H)
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled

@@ -1,7 +1,8 @@
-"""Per-user reward heads: the tiny residual each user adds to the shared reward, kept in an LRU.
+"""Per-user reward heads: the tiny residuals each user adds to the shared reward, in an LRU.
 
-A ``UserHead`` is H + 1 floats (388 for MiniLM with its surface features, ~1.6 KB as
-a safetensors file), so thousands of users fit in memory. ``UserHeadPool`` keeps at
+A ``UserHead`` holds two residuals of H + 1 floats each (the policy head PPO optimises and
+the judge head the publish gate trusts; 770 floats for MiniLM, ~3 KB as a safetensors
+file), so thousands of users fit in memory. ``UserHeadPool`` keeps at
 most ``max_resident`` of them: ``on_evict(user_id)`` runs while the user is still
 resident (e.g. to ``save``), and ``user_source(user_id)`` names a file written by
 ``save`` to reload on a miss, as in ``trainer.ppo.policies``. A file that does not fit
@@ -21,12 +22,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-__all__ = ["EvictHook", "UserHead", "UserHeadPool", "UserSource", "check_state",
+__all__ = ["JUDGE", "POLICY", "EvictHook", "UserHead", "UserHeadPool", "UserSource", "check_state",
            "read_safetensors"]
 
 logger = logging.getLogger(__name__)
 
-USER_FORMAT = "personal-reward-user-head/1"
+USER_FORMAT = "personal-reward-user-head/2"
+POLICY, JUDGE = 0, 1
+"""The two parts of a user's head: what PPO optimises, and the gate's judge."""
 UserSource = Callable[[str], Path | None]
 """Returns the file ``UserHeadPool.save`` wrote for a user, or None when there is none."""
 EvictHook = Callable[[str], None]
@@ -34,20 +37,20 @@ EvictHook = Callable[[str], None]
 
 
 class UserHead(nn.Module):
-    """One user's residual reward: r_user(e) = e . weight + bias, (B, H) -> (B,).
+    """One user's residual rewards: r_part(e) = e . weight[part] + bias[part], (B, H) -> (B,).
 
-    Zero-initialised, so a new user's reward equals the shared reward. ``n_examples``
-    records how many examples it was last trained on (the fallback rule reads it).
+    Zero-initialised, so a new user's reward equals the shared reward. ``n_examples[part]``
+    records how many examples that part was last trained on (the fallback rule reads it).
     """
 
     def __init__(self, hidden_size: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(hidden_size))  # (H,)
-        self.bias = nn.Parameter(torch.zeros(1))  # (1,)
-        self.register_buffer("n_examples", torch.zeros((), dtype=torch.int64))
+        self.weight = nn.Parameter(torch.zeros(2, hidden_size))  # (2, H): policy, judge
+        self.bias = nn.Parameter(torch.zeros(2))  # (2,)
+        self.register_buffer("n_examples", torch.zeros(2, dtype=torch.int64))
 
-    def forward(self, emb: Tensor) -> Tensor:
-        return emb @ self.weight + self.bias  # (B, H) -> (B,)
+    def forward(self, emb: Tensor, part: int = POLICY) -> Tensor:
+        return emb @ self.weight[part] + self.bias[part]  # (B, H) -> (B,)
 
 
 class UserHeadPool:
@@ -99,7 +102,7 @@ class UserHeadPool:
         logger.debug("evicted reward head of user %s", user_id)
 
     def state_dict(self, user_id: str) -> dict[str, Tensor]:
-        """A CPU copy of a resident user's head: weight (H,), bias (1,), n_examples ()."""
+        """A CPU copy of a resident user's head: weight (2, H), bias (2,), n_examples (2,)."""
         head = self._heads[user_id]
         return {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
 
