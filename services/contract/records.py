@@ -68,6 +68,17 @@ class GenerationRecord(Record):
     sampling: dict[str, Any]
     created_at: float
     replica: str = ""
+    arm: str = "served"
+    """Which model produced the completion: ``served`` (``adapter_version``, the user's
+    adapter, or the base model when that is empty), or a comparison arm drawn in its
+    place for online evaluation: ``base`` (the base model) or ``parent`` (the adapter
+    ``arm_version``). Records written before the field existed read as ``served``."""
+    arm_version: str = ""
+    """The adapter version of a ``parent`` arm; empty otherwise."""
+
+
+ARMS = ("served", "base", "parent")
+"""The values of ``GenerationRecord.arm``."""
 
 
 @dataclass(frozen=True)

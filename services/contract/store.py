@@ -75,6 +75,15 @@ class AdapterManifest:
     reward_after: float = 0.0
     kl: float = 0.0
     metrics: dict[str, Any] = field(default_factory=dict)
+    comparison_parent: str | None = None
+    """The version the ``parent`` arm of interleaved comparisons serves beside this one;
+    None: ``parent_version``. A rollback, whose parent is the version it replaces,
+    names the parent of the version whose weights it restores ("" for none)."""
+
+    @property
+    def parent_arm(self) -> str:
+        """The version of the ``parent`` comparison arm ("" : there is none)."""
+        return self.parent_version if self.comparison_parent is None else self.comparison_parent
 
 
 def sha256_file(path: Path) -> str:
@@ -226,6 +235,15 @@ class AdapterStore:
         latest = self.latest(user_id) or ""
         if latest != parent_version:
             raise StaleParent(user_id, parent_version, latest)
+
+    def update_metrics(self, user_id: str, version: str, metrics: dict[str, Any]) -> None:
+        """Merge ``metrics`` into a published version's manifest (atomically; the weights
+        and their sha256 are untouched). The trainer keeps a served version's online win
+        rates there."""
+        path = self.version_dir(user_id, version) / MANIFEST_FILE
+        body = json.loads(path.read_text())
+        body["metrics"] = {**body.get("metrics", {}), **metrics}
+        _atomic_write(path, json.dumps(body))
 
     def write_status(self, user_id: str, report: TrainerReport) -> None:
         """The trainer's per-user report, read by GetUserStatus on any replica."""

@@ -101,6 +101,11 @@ class ServerConfig:
     store_rescan_s: float = 30.0
     """Period of the adapter-store rescan that backs up the update topic
     (0 disables it)."""
+    comparison_rate: float = 0.25
+    """Probability that a Generate call asking for two or more candidates (and no
+    seed) has one of them drawn from a comparison arm, the base model or the served
+    adapter's parent version, instead of the user's adapter: online evaluation by
+    the user's own rankings. Recorded on Kafka, never shown to the client. 0 disables."""
     limits: GenerationLimits = field(default_factory=GenerationLimits)
     engine: EngineConfig = field(default_factory=EngineConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)

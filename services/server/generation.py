@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 from services.contract.errors import ContextTooLong, ResourceExhausted, Unavailable
 from services.contract.records import GenerationRecord
+from services.server.arms import ArmChoice, choose_arm
 from services.server.config import ServerConfig
 from services.server.engine import Engine, Sampling
 from services.server.hot_swap import AdapterManager
@@ -51,6 +53,16 @@ class _Call:
     group_id: str
     slot: AdapterSlot | None
     started: float
+    arm: ArmChoice | None = None
+    """The candidate answered by a comparison arm (arms.py), if any."""
+    parent: AdapterSlot | None = None
+    """The parent arm's adapter, held for the call."""
+
+    def engine_slot(self, index: int) -> AdapterSlot | None:
+        """The adapter that answers candidate ``index`` (None: the base model)."""
+        if self.arm is None or self.arm.index != index:
+            return self.slot
+        return self.parent if self.arm.arm == "parent" else None
 
 
 class GenerationService:
@@ -65,6 +77,7 @@ class GenerationService:
         self._metrics = metrics
         self._replica = replica
         self._running = 0
+        self._rng = random.Random()
 
     @property
     def running(self) -> int:
@@ -85,12 +98,19 @@ class GenerationService:
         self._running += 1
         self._metrics.running.set(self._running)
         try:
-            adapter = (contextlib.nullcontext(None) if params.base_model
-                       else self._adapters.use(params.user_id))
-            async with adapter as slot, self._lora_cache(slot):
-                call = _Call(params, prompt_ids, uuid.uuid4().hex, slot, time.perf_counter())
-                async for chunk in self._merge(call):
-                    yield chunk
+            adapter = (contextlib.nullcontext((None, None)) if params.base_model
+                       else self._adapters.use_with_parent(params.user_id))
+            async with adapter as (slot, parent), self._lora_cache(slot):
+                arm = choose_arm(self._rng, self._cfg.comparison_rate, params.num_candidates,
+                                 slot.version if slot else "", parent.version if parent else "",
+                                 seeded=params.seed is not None)
+                call = _Call(params, prompt_ids, uuid.uuid4().hex, slot, time.perf_counter(),
+                             arm, parent)
+                if arm is not None:
+                    self._metrics.comparison_candidates.labels(arm.arm).inc()
+                async with self._lora_cache(parent if arm and arm.arm == "parent" else None):
+                    async for chunk in self._merge(call):
+                        yield chunk
         finally:
             self._running -= 1
             self._metrics.running.set(self._running)
@@ -136,7 +156,9 @@ class GenerationService:
         p = call.params
         seed = None if p.seed is None else p.seed + index
         sampling = Sampling(p.max_tokens, p.temperature, p.top_p, seed)
-        version = call.slot.version if call.slot else ""
+        version = call.slot.version if call.slot else ""  # what the client is told
+        engine_slot = call.engine_slot(index)
+        arm = call.arm.arm if call.arm and call.arm.index == index else "served"
         response_id = self._signer.sign(
             ResponseRef(p.user_id, call.group_id, index, int(time.time() * 1000)))
         texts: list[str] = []
@@ -146,7 +168,7 @@ class GenerationService:
         try:
             with self._metrics.engine_request() as first_output:
                 async for delta in self._engine.stream(request_id, call.prompt_ids, sampling,
-                                                       call.slot):
+                                                       engine_slot):
                     first_output()
                     now = time.perf_counter()
                     if tokens and delta.token_ids:
@@ -157,7 +179,7 @@ class GenerationService:
                     reason = delta.finish_reason or reason
                     if delta.text:
                         await queue.put(Chunk(response_id, index, delta.text, False, version))
-            self._metrics.tokens.labels("personal" if call.slot else "base").inc(len(tokens))
+            self._metrics.tokens.labels("personal" if engine_slot else "base").inc(len(tokens))
             record = GenerationRecord(
                 response_id=response_id, group_id=call.group_id, user_id=p.user_id,
                 candidate_index=index, num_candidates=p.num_candidates,
@@ -167,6 +189,7 @@ class GenerationService:
                 base_model=self._engine.model_id, created_at=time.time(), replica=self._replica,
                 sampling={"max_tokens": p.max_tokens, "temperature": p.temperature,
                           "top_p": p.top_p, "seed": seed},
+                arm=arm, arm_version=engine_slot.version if arm == "parent" and engine_slot else "",
             )
             await self._record(record)
             await queue.put(Chunk(response_id, index, "", True, version, reason or "stop",

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from services.contract.errors import DomainError
 from services.contract.ids import validate_user_id, validate_version
 from services.contract.records import AdapterUpdateRecord, RecordError
-from services.contract.store import AdapterRejected, AdapterStore
+from services.contract.store import AdapterManifest, AdapterRejected, AdapterStore
 from services.server.engine import Engine
 from services.server.metrics import ServerMetrics
 from services.server.routing import AdapterRegistry, AdapterSlot
@@ -42,12 +42,22 @@ class AdapterManager:
     @asynccontextmanager
     async def use(self, user_id: str) -> AsyncIterator[AdapterSlot | None]:
         """The user's current adapter (None: base model), held for one request."""
-        slot = self._registry.acquire(user_id)
-        try:
+        async with self.use_with_parent(user_id) as (slot, _):
             yield slot
+
+    @asynccontextmanager
+    async def use_with_parent(self, user_id: str
+                              ) -> AsyncIterator[tuple[AdapterSlot | None, AdapterSlot | None]]:
+        """The user's current adapter and its parent comparison arm (None: base model,
+        no parent arm), both held for one request."""
+        slot = self._registry.acquire(user_id)
+        parent = self._registry.parent_of(user_id) if slot is not None else None
+        held = [s for s in (slot, parent and self._registry.hold(parent)) if s is not None]
+        try:
+            yield slot, parent
         finally:
-            if slot is not None:
-                done = self._registry.release(slot)
+            for s in held:
+                done = self._registry.release(s)
                 if done is not None:
                     await self._unload(done)
 
@@ -63,22 +73,43 @@ class AdapterManager:
             slot = self._registry.new_slot(
                 user_id, version, str(self._store.version_dir(user_id, version)))
             try:
-                await asyncio.to_thread(self._store.verify, user_id, version,
-                                        self._engine.model_id, self._max_rank,
-                                        self._allowed_targets)
+                manifest = await asyncio.to_thread(self._verify, user_id, version)
                 await self._engine.load_adapter(slot)
             except AdapterRejected as exc:
                 return self._refuse(user_id, version, exc.reason, str(exc))
             except Exception as exc:  # noqa: BLE001 - engine refused the weights
                 return self._refuse(user_id, version, "load_failed", repr(exc))
-            old = self._registry.install(slot)
-            if old is not None:
-                await self._unload(old)
+            parent = await self._parent_slot(user_id, manifest.parent_arm)
+            old = self._registry.install(slot, parent)
+            for done in ([old] if old is not None else []) + self._registry.drain_removable():
+                await self._unload(done)
             self._metrics.adapter_loads.labels("ok").inc()
             self._metrics.adapter_swap_seconds.observe(time.perf_counter() - start)
             self._metrics.active_adapters.set(self._registry.active)
             log.info("serving %s with adapter %s", user_id, version)
             return True
+
+    def _verify(self, user_id: str, version: str) -> AdapterManifest:
+        return self._store.verify(user_id, version, self._engine.model_id, self._max_rank,
+                                  self._allowed_targets)
+
+    async def _parent_slot(self, user_id: str, version: str) -> AdapterSlot | None:
+        """A slot for the parent comparison arm of a version being installed: the slot
+        already serving or comparing that version, or a new one once the stored parent
+        verifies (the engine loads it on first use). None: no parent arm."""
+        if not version or (user_id, version) in self._refused:
+            return None
+        for known in (self._registry.current.get(user_id), self._registry.parent_of(user_id)):
+            if known is not None and known.version == version:
+                return known
+        slot = self._registry.new_slot(user_id, version,
+                                       str(self._store.version_dir(user_id, version)))
+        try:
+            await asyncio.to_thread(self._verify, user_id, version)
+        except Exception as exc:  # noqa: BLE001 - no parent arm; the user is still served
+            log.warning("parent %s/%s is not a comparison arm: %s", user_id, version, exc)
+            return None
+        return slot
 
     def _refuse(self, user_id: str, version: str, reason: str, detail: str) -> bool:
         self._refused.add((user_id, version))

@@ -53,6 +53,10 @@ class ServerMetrics:
             ["result"], registry=r)
         self.active_adapters = Gauge(p + "active_adapters",
                                      "Adapter versions routed to or still in use.", registry=r)
+        self.comparison_candidates = Counter(
+            p + "comparison_candidates", "Candidates answered by a comparison arm (base or "
+            "parent) instead of the served adapter (interleaved online evaluation).",
+            ["arm"], registry=r)
         self.adapter_loads = Counter(p + "adapter_loads",
                                      "Adapter versions loaded, by result.", ["result"], registry=r)
         self.adapter_swap_seconds = Histogram(p + "adapter_swap_duration_seconds",
@@ -76,7 +80,8 @@ class ServerMetrics:
         for metric, values in ((self.engine_requests, ("waiting", "running")),
                                (self.lora_cache, ("hit", "miss")),
                                (self.adapter_loads, ("ok", "refused")),
-                               (self.tokens, ("base", "personal"))):
+                               (self.tokens, ("base", "personal")),
+                               (self.comparison_candidates, ("base", "parent"))):
             for value in values:
                 metric.labels(value)
 

@@ -41,6 +41,9 @@ class AdapterRegistry:
 
     current: dict[str, AdapterSlot] = field(default_factory=dict)
     retiring: dict[int, AdapterSlot] = field(default_factory=dict)
+    parents: dict[str, AdapterSlot] = field(default_factory=dict)
+    """The parent arm of each user's current version, when it is loadable."""
+    _removable: list[AdapterSlot] = field(default_factory=list)
     _ids: itertools.count = field(default_factory=lambda: _LORA_IDS)
 
     def is_newer(self, user_id: str, version: str) -> bool:
@@ -51,21 +54,51 @@ class AdapterRegistry:
         """A slot with a fresh engine id; not routed to until installed."""
         return AdapterSlot(user_id, version, path, next(self._ids))
 
-    def install(self, slot: AdapterSlot) -> AdapterSlot | None:
-        """Route the user's next requests to ``slot``.
+    def install(self, slot: AdapterSlot, parent: AdapterSlot | None = None
+                ) -> AdapterSlot | None:
+        """Route the user's next requests to ``slot``; ``parent`` (already a slot of
+        this registry, or a new one) is its comparison arm (None: no parent arm).
 
         Returns the previous slot if it can be removed from the engine now
-        (no request uses it); otherwise it is kept until released.
+        (no request uses it and it is not the new parent); otherwise it is kept
+        until released. An old parent slot no longer needed is retired the same way;
+        call :meth:`drain_removable` for those.
         """
-        old = self.current.get(slot.user_id)
-        self.current[slot.user_id] = slot
-        if old is None:
-            return None
-        old.retired = True
-        if old.in_flight == 0:
-            return old
-        self.retiring[old.lora_int_id] = old
-        return None
+        user = slot.user_id
+        old, old_parent = self.current.get(user), self.parents.get(user)
+        self.current[user] = slot
+        if parent is None:
+            self.parents.pop(user, None)
+        else:
+            self.parents[user] = parent
+        keep = {slot.lora_int_id} | ({parent.lora_int_id} if parent else set())
+        removable = None
+        for previous in (old, old_parent):
+            if previous is None or previous.lora_int_id in keep or previous.retired:
+                continue
+            previous.retired = True
+            if previous.in_flight == 0:
+                if previous is old:
+                    removable = previous
+                else:
+                    self._removable.append(previous)
+            else:
+                self.retiring[previous.lora_int_id] = previous
+        return removable
+
+    def drain_removable(self) -> list[AdapterSlot]:
+        """Retired parent slots no request holds, to be removed from the engine now."""
+        out, self._removable = self._removable, []
+        return out
+
+    def parent_of(self, user_id: str) -> AdapterSlot | None:
+        """The comparison arm slot of the user's current version (None: none)."""
+        return self.parents.get(user_id)
+
+    def hold(self, slot: AdapterSlot) -> AdapterSlot:
+        """Count one more request on ``slot`` (e.g. a parent arm); release it after."""
+        slot.in_flight += 1
+        return slot
 
     def acquire(self, user_id: str) -> AdapterSlot | None:
         """The user's current slot, counted as in use (None: the base model)."""
