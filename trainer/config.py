@@ -30,6 +30,20 @@ class ScheduleConfig:
     consecutive failure doubles the wait (exponential backoff). Other users train on."""
     quarantine_max_s: float = 3600.0
     """Longest wait of a quarantined user (the backoff stops doubling here)."""
+    continue_without_feedback: bool = True
+    """When no user is due, keep giving PPO turns to users below their reward threshold
+    and step cap (``ppo.reward_threshold``, ``ppo.max_steps``) without new feedback: the
+    fitted reward model stands in for the user, as in the seed's loop. False: a user is
+    trained only when new feedback makes it due."""
+    continue_min_interval_s: float = 10.0
+    """Shortest pause between the end of a user's turn and a further turn of that user
+    without due feedback (0: as soon as the loop is free). Leaves the CPU to the server
+    on a small host; due users never wait for it."""
+
+    def __post_init__(self) -> None:
+        if self.continue_min_interval_s < 0:
+            raise ValueError("ScheduleConfig.continue_min_interval_s must be >= 0, got "
+                             f"{self.continue_min_interval_s}")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 
-STATUS_SCHEMA_VERSION = 1
+STATUS_SCHEMA_VERSION = 2
 
 
 class StatusError(ValueError):
@@ -60,6 +60,16 @@ class TrainerReport:
     labelers: tuple[LabelerReport, ...]
     updated_at: float
     """Unix seconds of the report."""
+    ppo_steps_total: int = 0
+    """PPO iterations the user's policy has had in total (the seed's step count)."""
+    ppo_max_steps: int = 0
+    """The step cap: no PPO iteration for the user after this many."""
+    reward_threshold: float | None = None
+    """Mean reward at which the user's PPO stops (None: no threshold)."""
+    training_state: str = ""
+    """Whether the trainer trains the user again without new feedback: "training" (yes,
+    while it has spare capacity), "threshold reached", "step cap reached" or "waiting for
+    data" (the trainer's ``TrainingState``, set by its loop, which owns the schedule)."""
 
     def to_json(self) -> str:
         body = {"schema_version": STATUS_SCHEMA_VERSION, **dataclasses.asdict(self)}

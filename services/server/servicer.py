@@ -78,6 +78,8 @@ def to_proto_status(view: UserStatusView) -> pb.UserStatus:
         last_kl=t.last_kl, last_publish_decision=t.last_publish_decision,
         reward_model_judge_accuracy=t.reward_model_judge_accuracy,
         last_judge_before=t.last_judge_before, last_judge_after=t.last_judge_after,
+        ppo_steps_total=t.ppo_steps_total, ppo_max_steps=t.ppo_max_steps,
+        reward_threshold=t.reward_threshold, training_state=t.training_state,
         labelers=[pb.LabelerScore(labeler_id=s.labeler_id, agreement=s.agreement,
                                   judgements=s.judgements, flagged=s.flagged)
                   for s in t.labelers],

@@ -16,9 +16,10 @@ ALWAYS_PUBLISH = {
     "ppo_batch_size": "4", "ppo_mini_batch_size": "2", "ppo_max_new_tokens": "8",
     "ppo_lr": "0.001", "reward_user_min_examples": "4", "publish_eval_prompts": "2",
     "publish_eval_samples": "1", "publish_min_improvement": "-1000000",
-    "publish_kl_bound": "1000000"}
+    "publish_kl_bound": "1000000", "schedule_continue_without_feedback": "false"}
 """start_trainer settings for the tiny model: a user with 4 feedback events gets a
-short turn whose candidate the gate always publishes."""
+short turn whose candidate the gate always publishes (and no further turn until new
+feedback: tests count versions)."""
 
 
 def start_trainer(bootstrap: str, state_dir: Path, store: Path, group: str, log: Path,

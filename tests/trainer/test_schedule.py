@@ -1,7 +1,20 @@
 from __future__ import annotations
 
+import dataclasses
+import random
+
+import pytest
+
 from trainer.config import ScheduleConfig
-from trainer.loop.schedule import Quarantine, after_failure, backoff_s, pick_next
+from trainer.loop.schedule import (
+    TRAINING_STATES,
+    Quarantine,
+    TrainingState,
+    after_failure,
+    backoff_s,
+    pick_next,
+    training_state,
+)
 
 CFG = ScheduleConfig(min_new_feedback=3, max_wait_s=60)
 
@@ -67,3 +80,94 @@ def test_quarantined_user_is_skipped_until_its_time_and_others_go_on() -> None:
     assert order == ["a", "b", "a", "b"]
     assert pick_next(pending, last, QCFG, held, now=105.0) == "bad", "due again at until"
     assert pick_next({"bad": (9, 0.0)}, {}, QCFG, held, now=104.9) is None
+
+
+# --- training on without new feedback, until the seed's stop rule ----------------------
+
+CCFG = ScheduleConfig(min_new_feedback=3, max_wait_s=60, continue_min_interval_s=10.0)
+
+
+def test_training_state_follows_the_stop_rule() -> None:
+    assert training_state("budget", CCFG) == "training"
+    assert training_state("threshold", CCFG) == "threshold reached"
+    assert training_state("max_steps", CCFG) == "step cap reached"
+    assert training_state("", CCFG) == "waiting for data"
+    off = dataclasses.replace(CCFG, continue_without_feedback=False)
+    assert training_state("budget", off) == "waiting for data", "trains on new feedback only"
+    assert training_state("max_steps", off) == "step cap reached"
+
+
+def test_users_below_the_stop_rule_train_on_without_feedback() -> None:
+    states: dict[str, TrainingState] = {
+        "a": "training", "b": "training", "done": "threshold reached",
+        "capped": "step cap reached", "thin": "waiting for data"}
+    last = {"a": 50.0, "b": 20.0, "done": 0.0, "capped": 0.0, "thin": 0.0}
+    assert pick_next({}, last, CCFG, now=100.0, states=states) == "b", "least recently trained"
+    assert pick_next({}, {**last, "b": 95.0}, CCFG, now=100.0, states=states) == "a"
+    assert pick_next({}, {**last, "a": 95.0, "b": 95.0}, CCFG, now=100.0,
+                     states=states) is None, "each waits continue_min_interval_s"
+    assert pick_next({}, last, CCFG, now=100.0, states={"done": "threshold reached",
+                                                        "capped": "step cap reached"}) is None
+    # a due user goes first, however recently trained; then some new feedback first
+    assert pick_next({"thin": (3, 0.0)}, {**last, "thin": 99.0}, CCFG, now=100.0,
+                     states=states) == "thin"
+    assert pick_next({"a": (1, 0.0)}, last, CCFG, now=100.0, states=states) == "a"
+    # switched off: only new feedback trains
+    off = dataclasses.replace(CCFG, continue_without_feedback=False)
+    assert pick_next({"a": (1, 0.0)}, last, off, now=100.0, states=states) is None
+    # quarantine holds continuing users back too
+    held = {"b": Quarantine(1, until=200.0)}
+    assert pick_next({}, last, CCFG, held, now=100.0, states=states) == "a"
+
+
+def test_continuing_users_take_turns_fairly() -> None:
+    states: dict[str, TrainingState] = {"a": "training", "b": "training", "c": "training"}
+    cfg = dataclasses.replace(CCFG, continue_min_interval_s=0.0)
+    order, last = [], {}
+    for t in range(6):
+        user = pick_next({}, last, cfg, now=float(t), states=states)
+        order.append(user)
+        last[user] = float(t)
+    assert order == ["a", "b", "c", "a", "b", "c"]
+
+
+def reference_pick(pending: dict[str, tuple[int, float]], last: dict[str, float],
+                   cfg: ScheduleConfig, held: dict[str, Quarantine], now: float,
+                   states: dict[str, TrainingState]) -> str | None:
+    """pick_next as a plain scan: rank every candidate by a tuple and keep the smallest."""
+    best, best_rank = None, None
+    for user in sorted(set(pending) | set(states)):
+        if user in held and now < held[user].until:
+            continue
+        n, age = pending.get(user, (0, 0.0))
+        last_t = last.get(user, -1e300)
+        if n >= cfg.min_new_feedback or (n > 0 and age >= cfg.max_wait_s):
+            rank = (0, 0, last_t, -n)
+        elif (cfg.continue_without_feedback and states.get(user) == "training"
+              and now - last_t >= cfg.continue_min_interval_s):
+            rank = (1, 0 if n > 0 else 1, last_t, 0)
+        else:
+            continue
+        if best_rank is None or rank < best_rank:
+            best, best_rank = user, rank
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pick_next_matches_a_plain_reference(seed: int) -> None:
+    rng = random.Random(seed)
+    users = [f"u{i}" for i in range(6)]
+    for _ in range(400):
+        cfg = ScheduleConfig(min_new_feedback=rng.randint(1, 4), max_wait_s=30.0,
+                             continue_without_feedback=rng.random() < 0.8,
+                             continue_min_interval_s=rng.choice([0.0, 5.0, 20.0]))
+        now = 100.0
+        pending = {u: (rng.randint(0, 5), rng.choice([0.0, 10.0, 40.0]))
+                   for u in users if rng.random() < 0.4}
+        pending = {u: v for u, v in pending.items() if v[0] > 0}  # as the journal reports
+        last = {u: rng.choice([60.0, 85.0, 90.0, 99.0]) for u in users if rng.random() < 0.7}
+        held = {u: Quarantine(1, rng.choice([50.0, 150.0])) for u in users
+                if rng.random() < 0.2}
+        states = {u: rng.choice(TRAINING_STATES) for u in users if rng.random() < 0.7}
+        assert pick_next(pending, last, cfg, held, now, states) == reference_pick(
+            pending, last, cfg, held, now, states), (pending, last, cfg, held, states)

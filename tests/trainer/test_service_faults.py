@@ -26,11 +26,14 @@ class FakeLearner:
     def __init__(self) -> None:
         self.poison: set[str] = set()
         self.turns: list[str] = []
+        self.refits: list[bool] = []
         self.during: Callable[[str, Callable[[], bool]], bool] = lambda user, stop: False
 
     def turn(self, user_id: str, ex: UserExamples,
-             should_stop: Callable[[], bool] = lambda: False) -> TurnResult:
+             should_stop: Callable[[], bool] = lambda: False,
+             refit_reward: bool = True) -> TurnResult:
         self.turns.append(user_id)
+        self.refits.append(refit_reward)
         if user_id in self.poison:
             raise ValueError(f"poison data of {user_id}")
         if self.during(user_id, should_stop):

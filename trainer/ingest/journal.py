@@ -203,6 +203,14 @@ class Journal:
         return {u: (n, now - oldest) for u, p, n, oldest in rows
                 if partitions is None or p in partitions}
 
+    def trained_users(self, partitions: Set[int] | None = None) -> set[str]:
+        """Users with a completed turn (marked trained) whose feedback partition is in
+        ``partitions`` (None: any): those the loop may train on without new feedback."""
+        rows = self._db.execute(
+            "SELECT t.user_id, (SELECT f.partition FROM feedback f WHERE f.user_id = t.user_id"
+            " ORDER BY f.seq DESC LIMIT 1) FROM trained t").fetchall()
+        return {u for u, p in rows if p is not None and (partitions is None or p in partitions)}
+
     def partition_of(self, user_id: str) -> int | None:
         """The feedback partition of the user's latest event (records are keyed by user
         id, so all of a user's events share one); None for a user with none."""

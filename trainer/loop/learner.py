@@ -37,6 +37,7 @@ from trainer.ppo.config import UserProgress
 from trainer.ppo.policies import PolicyPool
 from trainer.ppo.rollout import render_prompts
 from trainer.ppo.trainer import PPOTrainer
+from trainer.reward.config import TrainMetrics
 from trainer.reward.model import PersonalRewardModel
 from trainer.reward.shared_sample import SharedSample
 
@@ -64,6 +65,12 @@ class TurnResult:
     """The served adapter's mean judge reward on the gate's prompts."""
     judge_after: float = math.nan
     """The candidate's mean judge reward on the same prompts."""
+    ppo_stop: str = ""
+    """Why the turn's PPO ended: "budget" (the turn's iterations), "threshold" or
+    "max_steps" (the seed's stop rule); "" when the turn stopped before the gate
+    (waiting for data)."""
+    ppo_total_steps: int = 0
+    """The user's PPO iterations in total after the turn (0 when PPO did not run)."""
 
 
 class Learner:
@@ -85,6 +92,9 @@ class Learner:
         # its weights were loaded from or last published as (the parent a publish names)
         self._parents: dict[str, str] = {}
         self._rm: PersonalRewardModel | None = None
+        # each user's last reward-model fit in this process (a turn without new data
+        # reuses the fitted heads and reports these accuracies)
+        self._fits: dict[str, TrainMetrics] = {}
         self._ppo: PPOTrainer | None = None
 
     # -- lazily loaded models ---------------------------------------------------------------
@@ -128,30 +138,36 @@ class Learner:
 
     # -- the turn ---------------------------------------------------------------------------
     def turn(self, user_id: str, ex: UserExamples,
-             should_stop: Callable[[], bool] = lambda: False) -> TurnResult:
+             should_stop: Callable[[], bool] = lambda: False,
+             refit_reward: bool = True) -> TurnResult:
         """One turn; ``should_stop`` is checked between PPO iterations and once more
         before publishing (e.g. shutdown, or the user's partition was revoked), and an
-        interrupted turn publishes nothing (it is simply run again later)."""
+        interrupted turn publishes nothing (it is simply run again later).
+        ``refit_reward=False`` (no new data) reuses the user's fitted reward heads,
+        unless this process has not fitted them yet."""
         start = time.perf_counter()
         self._metrics.pairs.inc(len(ex.data.pairs))
         if len(ex.pairs) + len(ex.thumbs) < self._cfg.schedule.min_pairs:
             return TurnResult(user_id, "waiting: too little preference data")
         rm, ppo = self._models()
         # 1. reward model: the shared part on everyone's data, then this user's part
-        self._shared.put(user_id, ex.pairs, ex.thumbs)
-        shared = rm.train_shared(*self._shared.examples())
-        personal = rm.train_user(user_id, ex.pairs, ex.thumbs)
-        self._metrics.rm_loss.labels("shared").set(shared.loss)
-        self._metrics.rm_loss.labels("user").set(personal.loss)
-        if personal.heldout_accuracy is not None:
-            self._metrics.rm_accuracy.observe(personal.heldout_accuracy)
+        #    (only on new data: otherwise the fitted heads stand in for the user)
+        personal = None if refit_reward else self._fits.get(user_id)
+        if personal is None:
+            self._shared.put(user_id, ex.pairs, ex.thumbs)
+            shared = rm.train_shared(*self._shared.examples())
+            personal = self._fits[user_id] = rm.train_user(user_id, ex.pairs, ex.thumbs)
+            self._metrics.rm_loss.labels("shared").set(shared.loss)
+            self._metrics.rm_loss.labels("user").set(personal.loss)
+            if personal.heldout_accuracy is not None:
+                self._metrics.rm_accuracy.observe(personal.heldout_accuracy)
         reward_fn = self._reward_fn(rm.score, ppo, user_id, ex.train_prompts)
         # 2. PPO from the user's current adapter, on the user's own prompts
         self._reload_if_superseded(ppo, user_id)
         self._restore_progress(ppo, user_id)
         ppo.pool.activate(user_id)
         served = self._served.setdefault(user_id, snapshot(ppo.pool, user_id))
-        steps = 0
+        steps, stop = 0, "budget"
         for _ in range(self._cfg.schedule.ppo_steps_per_turn):
             if should_stop():
                 return TurnResult(user_id, "interrupted", interrupted=True)
@@ -162,14 +178,15 @@ class Learner:
                 self._metrics.ppo_reward.set(step.score)
                 self._metrics.ppo_kl.set(step.kl)
                 self._metrics.ppo_clipfrac.set(step.clipfrac)
-            if run.stopped_reason != "budget":  # the seed's stop rule ended the run
+            stop = run.stopped_reason
+            if stop != "budget":  # the seed's stop rule ended the run
                 break
         # 3. gate: the candidate vs the adapter the user is served, on held-out prompts,
         #    judged by the user's judge head (PPO optimised the policy head, not this one)
         gate_prompts = held_out_sample(user_id, ex.eval_prompts, self._cfg.publish.eval_prompts)
         if not gate_prompts:
             return TurnResult(user_id, "waiting: no held-out prompts for the gate yet",
-                              steps=steps)
+                              steps=steps, ppo_total_steps=ppo.progress(user_id).steps)
         judge_fn = self._reward_fn(rm.judge, ppo, user_id, gate_prompts)
         old, new, candidate = compare(ppo, user_id, gate_prompts, judge_fn, reward_fn,
                                       self._cfg.publish, served)
@@ -179,7 +196,8 @@ class Learner:
         result = replace(result, rm_accuracy=personal.heldout_accuracy,
                          rm_accuracy_shared=personal.heldout_accuracy_shared,
                          rm_accuracy_judge=personal.heldout_accuracy_judge,
-                         rm_heldout_pairs=personal.n_heldout_pairs)
+                         rm_heldout_pairs=personal.n_heldout_pairs,
+                         ppo_stop=stop, ppo_total_steps=ppo.progress(user_id).steps)
         if result.published_version:
             self._served[user_id] = candidate
             self._parents[user_id] = result.published_version

@@ -1,11 +1,14 @@
 """The continuous trainer (``python -m trainer.loop.service``).
 
 An ingest thread journals ``generations`` and ``feedback`` (see consumer.py);
-the main loop picks the next due user among the partitions this process owns
-(schedule.py), runs that user's turn (learner.py), records the outcome for
-GetUserStatus, and repeats. SIGTERM/SIGINT stop it between PPO iterations, and
-so does the revocation of the user's partition (rebalance); a turn that raises
-quarantines its user with backoff instead of ending the process.
+the main loop picks the next user among the partitions this process owns
+(schedule.py: users with new feedback first; with spare capacity, users still
+below the seed's stop rule without it), runs that user's turn (learner.py; the
+reward model is refitted only on new feedback), records the outcome and the
+user's training state for GetUserStatus, and repeats. SIGTERM/SIGINT stop it
+between PPO iterations, and so does the revocation of the user's partition
+(rebalance); a turn that raises quarantines its user with backoff instead of
+ending the process.
 """
 
 from __future__ import annotations
@@ -29,7 +32,13 @@ from trainer.data.examples import build_examples
 from trainer.ingest.consumer import Ingest
 from trainer.ingest.journal import Journal
 from trainer.loop.learner import Learner
-from trainer.loop.schedule import Quarantine, after_failure, pick_next
+from trainer.loop.schedule import (
+    Quarantine,
+    TrainingState,
+    after_failure,
+    pick_next,
+    training_state,
+)
 from trainer.metrics import TrainerMetrics
 
 log = logging.getLogger("personalize.trainer")
@@ -54,6 +63,9 @@ class TrainerService:
         self.stop_event = threading.Event()
         self._last_trained: dict[str, float] = {}
         self._quarantine: dict[str, Quarantine] = {}
+        # the training state of each user this process completed a turn of (users it
+        # has not, e.g. after a restart, are tried once as "training")
+        self._states: dict[str, TrainingState] = {}
 
     def _announce(self, record: AdapterUpdateRecord) -> None:
         if self._producer is None:
@@ -78,7 +90,7 @@ class TrainerService:
         return 0
 
     def step(self) -> bool:
-        """Run one due user's turn; False when nobody is due.
+        """Run one user's turn; False when nobody is due or still training.
 
         A turn that raises does not stop the loop: it is logged with the user,
         counted, and the user is quarantined with exponential backoff
@@ -87,13 +99,19 @@ class TrainerService:
         pending = self.journal.pending_users(self.ingest.assigned)
         self.metrics.users_tracked.set(self.journal.user_count())
         now = time.monotonic()
-        self._quarantine = {u: q for u, q in self._quarantine.items() if u in pending}
+        owned = self.journal.trained_users(self.ingest.assigned)
+        self._states = {u: s for u, s in self._states.items() if u in owned}
+        states = {u: self._states.get(u, "training") for u in owned}
+        self._quarantine = {u: q for u, q in self._quarantine.items()
+                            if u in pending or u in owned}
         self.metrics.users_quarantined.set(len(self._quarantine))
-        user = pick_next(pending, self._last_trained, self.cfg.schedule, self._quarantine, now)
+        user = pick_next(pending, self._last_trained, self.cfg.schedule, self._quarantine, now,
+                         states)
         if user is None:
             return False
         try:
-            self._turn(user, oldest_new=pending[user][1])
+            new = pending.get(user)
+            self._turn(user, oldest_new=new[1] if new else None)
         except Exception as exc:
             self._quarantine[user] = q = after_failure(self._quarantine.get(user), now,
                                                        self.cfg.schedule)
@@ -107,26 +125,38 @@ class TrainerService:
         self.metrics.users_quarantined.set(len(self._quarantine))
         return True
 
-    def _turn(self, user: str, oldest_new: float) -> None:
+    def _turn(self, user: str, oldest_new: float | None) -> None:
         """The user's turn; stopped between PPO iterations (and before publishing) on
-        shutdown or when the user's partition is no longer this process's."""
+        shutdown or when the user's partition is no longer this process's.
+
+        ``oldest_new`` is the age of the user's oldest new feedback event, None when it
+        has none: the reward model is then not refitted, and nothing is marked trained
+        (feedback that arrived meanwhile stays new for the next turn)."""
         partition = self.journal.partition_of(user)
         ex = build_examples(user, self.journal.joined(user), self.cfg.preferences,
                             self.cfg.reward.heldout_fraction, self.cfg.reward.seed)
         result = self.learner.turn(user, ex, lambda: (self.stop_event.is_set()
-                                                      or not self.ingest.owns(partition)))
+                                                      or not self.ingest.owns(partition)),
+                                   refit_reward=oldest_new is not None)
         if result.interrupted:
             self.metrics.turns_interrupted.inc()
             log.info("user %s: %s%s; turn dropped", user, result.decision,
                      "" if self.ingest.owns(partition) else
                      f" (partition {partition} is no longer owned)")
             return
-        self.store.write_status(user, self.learner.status(user, ex, result))
-        self.journal.mark_trained(user, ex.through_seq)
+        state = self._states[user] = training_state(result.ppo_stop, self.cfg.schedule)
+        ppo = self.cfg.ppo
+        self.store.write_status(user, replace(
+            self.learner.status(user, ex, result), ppo_steps_total=result.ppo_total_steps,
+            ppo_max_steps=ppo.max_steps, reward_threshold=ppo.reward_threshold,
+            training_state=state))
+        if oldest_new is not None:
+            self.journal.mark_trained(user, ex.through_seq)
         self._last_trained[user] = time.monotonic()
-        if result.published_version:
+        if result.published_version and oldest_new is not None:
             self.metrics.feedback_to_publish.observe(oldest_new)
-        log.info("user %s: %s", user, result.decision)
+        log.info("user %s: %s (%s, %d PPO steps in total)", user, result.decision, state,
+                 result.ppo_total_steps)
 
     def _report_failure(self, user: str, exc: Exception, wait_s: float) -> None:
         """Tell GetUserStatus why the user's adapter stopped improving (best effort)."""
