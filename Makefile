@@ -11,7 +11,7 @@ GENERATED := $(PROTOS:.proto=_pb2.py)
 STAMP := $(VENV)/.installed
 NODE_CLIENTS := .cache/node-clients
 
-.PHONY: up demo test setup proto model lint clean promtool
+.PHONY: up demo test setup proto model lint clean promtool chromium
 .DEFAULT_GOAL := up
 
 # `make up REPLICAS=2 TRAINERS=2`: server replicas (one engine each, consecutive
@@ -25,7 +25,7 @@ up: setup
 demo: setup
 	$(PY) -m demo --model $(MODEL_DIR) $(DEMO_ARGS)
 
-test: setup $(NODE_CLIENTS)/.installed promtool
+test: setup $(NODE_CLIENTS)/.installed promtool chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # promtool (Debian's prometheus package) checks the alert rules and config in tests.
@@ -33,6 +33,13 @@ promtool:
 	@command -v promtool >/dev/null || { \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq prometheus; \
 		else echo "install Debian's prometheus package (sudo apt-get install -y prometheus)"; exit 1; fi; }
+
+# Debian's chromium: the headless browser the chat page's test drives (through Playwright
+# for Python, the `dev` extra; Playwright's own browser download is not used).
+chromium:
+	@test -x /usr/bin/chromium || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+		else echo "install Debian's chromium package (sudo apt-get install -y chromium)"; exit 1; fi; }
 
 setup: $(STAMP) $(GENERATED) $(MODEL_DIR)/config.json
 

@@ -54,6 +54,7 @@ from services.server.http.openai_schema import (
     models_body,
     usage_chunk_body,
 )
+from services.server.http.page import page_routes
 from services.server.metrics import ServerMetrics
 from services.server.validation import validate_feedback, validate_generate
 
@@ -178,6 +179,7 @@ class HttpApi:
             Route("/v1/feedback", self._endpoint("SubmitFeedback", self.feedback),
                   methods=["POST"]),
             Route("/v1/status", self._endpoint("GetUserStatus", self.status), methods=["GET"]),
+            *page_routes(),
         ]
         self.app = Starlette(routes=routes, exception_handlers={HTTPException: http_exception})
 
