@@ -30,10 +30,11 @@ def test_images_bind_all_interfaces_on_the_default_ports() -> None:
     assert server["PERSONALIZE_SERVER_METRICS_HOST"] == "0.0.0.0"
     assert trainer["PERSONALIZE_TRAINER_METRICS_HOST"] == "0.0.0.0"
     assert server["PERSONALIZE_SERVER_PORT"] == str(SERVER.port)
+    assert server["PERSONALIZE_SERVER_HTTP_PORT"] == str(SERVER.http_port)
     assert server["PERSONALIZE_SERVER_METRICS_PORT"] == str(SERVER.metrics_port)
     assert trainer["PERSONALIZE_TRAINER_METRICS_PORT"] == str(TRAINER.metrics_port)
     text = (DOCKER / "Dockerfile.server").read_text()
-    assert f"EXPOSE {SERVER.port} {SERVER.metrics_port}" in text
+    assert f"EXPOSE {SERVER.port} {SERVER.http_port} {SERVER.metrics_port}" in text
     assert f"127.0.0.1:{SERVER.port}" in text  # the HEALTHCHECK
     assert f"EXPOSE {TRAINER.metrics_port}" in (DOCKER / "Dockerfile.trainer").read_text()
     for dockerfile in (DOCKER / "Dockerfile.server", DOCKER / "Dockerfile.trainer"):
@@ -55,6 +56,7 @@ def test_images_bind_all_interfaces_on_the_default_ports() -> None:
 
 def test_every_port_setting_is_the_default() -> None:
     defaults = {"PERSONALIZE_SERVER_PORT": SERVER.port,
+                "PERSONALIZE_SERVER_HTTP_PORT": SERVER.http_port,
                 "PERSONALIZE_SERVER_METRICS_PORT": SERVER.metrics_port,
                 "PERSONALIZE_TRAINER_METRICS_PORT": TRAINER.metrics_port}
     envs = [dockerfile_env(DOCKER / "Dockerfile.server"),
@@ -83,8 +85,8 @@ def test_compose_ports_volumes_and_topics() -> None:
     assert "adapters" in doc["volumes"]
     for name in ("server", "server-gpu"):
         ports = services[name]["ports"]
-        assert f"{SERVER.port}:{SERVER.port}" in ports
-        assert f"{SERVER.metrics_port}:{SERVER.metrics_port}" in ports
+        assert set(ports) == {f"{p}:{p}" for p in (SERVER.port, SERVER.http_port,
+                                                    SERVER.metrics_port)}
         assert services[name]["environment"]["PERSONALIZE_SERVER_RESPONSE_KEYS"]
     assert f"{TRAINER.metrics_port}:{TRAINER.metrics_port}" in services["trainer"]["ports"]
     assert services["server"]["profiles"] == ["cpu"]

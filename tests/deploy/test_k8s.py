@@ -45,7 +45,8 @@ def test_k8s_manifests() -> None:
     server = k8s("Deployment", "personalize-server")["spec"]["template"]["spec"]
     (container,) = server["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": SERVER.port, "metrics": SERVER.metrics_port}
+    assert ports == {"grpc": SERVER.port, "http": SERVER.http_port,
+                     "metrics": SERVER.metrics_port}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == SERVER.port, probe
     assert container["resources"]["requests"]
@@ -68,7 +69,7 @@ def test_k8s_manifests() -> None:
 
     service = k8s("Service", "personalize-server")["spec"]
     assert {p["name"]: p["port"] for p in service["ports"]} == {
-        "grpc": SERVER.port, "metrics": SERVER.metrics_port}
+        "grpc": SERVER.port, "http": SERVER.http_port, "metrics": SERVER.metrics_port}
     assert {p["port"] for p in k8s("Service", "personalize-trainer-metrics")["spec"]["ports"]} \
         == {TRAINER.metrics_port}
 
