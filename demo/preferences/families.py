@@ -1,9 +1,10 @@
 """The preference library: eleven families of traits, each a simple lexical score over
 (prompt, answer), and their poles as named preferences.
 
-Eight families are about content or manner (formality, examples, warmth, technical
+Nine families are about content or manner (formality, examples, warmth, technical
 vocabulary, a closing summary, questions back, hedging, second-person address,
-staying on the prompt's words); two about length and layout. Counts are capped so
+staying on the prompt's words); two about length and layout. No word is in two
+lists of families declared independent (``relations``). Counts are capped so
 that one trait cannot grow without bound, and each marker is worth about 1.
 """
 
@@ -15,6 +16,7 @@ from demo.preferences.text import (
     contractions,
     key_words,
     list_items,
+    names,
     numbers,
     sentences,
     share_long_words,
@@ -34,11 +36,15 @@ CASUAL = Lexicon((
     "a bunch", "btw", "yep", "nope", "basically", "nice", "gotta", "huge",
 ))
 EXAMPLE = Lexicon(("for example", "for instance", "e.g.", "such as", "imagine", "an example",
-                   "to illustrate", "consider", "like when", "picture this"))
+                   "to illustrate", "consider", "like when", "picture this", "including",
+                   "namely", "like a", "like the", "specifically", "in particular"))
 WARM = Lexicon((
-    "glad", "happy to help", "hope", "enjoy*", "wonderful", "lovely", "good luck", "take care",
-    "gentle", "proud", "encourag*", "rewarding", "fun", "love", "delightful", "comfort*",
-    "kind", "feel better", "well done", "best wishes", "caring", "warm*", "cheer*",
+    "glad", "happy", "hope", "enjoy*", "wonderful", "lovely", "good luck", "take care",
+    "gentle", "proud", "encourag*", "rewarding", "fun", "love*", "delight*", "comfort*",
+    "kind", "feel better", "well done", "best wishes", "caring", "warmly", "warmth", "cheer*",
+    "dear", "understand", "passion*", "beautiful", "amazing", "exciting", "excited",
+    "appreciat*", "thank*", "welcome", "friend*", "care", "heart*", "smile*", "joy*",
+    "peace*", "calm*", "support*", "fantastic", "great", "relax*", "inspir*",
 ))
 TECHNICAL = Lexicon((
     "circadian", "melatonin", "cortisol", "metaboli*", "aerobic", "anaerobic", "cardiovascular",
@@ -53,21 +59,33 @@ TECHNICAL = Lexicon((
 ))
 SUMMARY = Lexicon(("in short", "in summary", "to sum up", "to summarize", "overall",
                    "in conclusion", "all in all", "bottom line", "key takeaway", "in a nutshell",
-                   "to recap", "in brief"))
+                   "to recap", "in brief", "so,", "ultimately", "in the end", "to conclude",
+                   "essentially", "this means", "that is why", "remember"))
 HEDGE = Lexicon((
     "might", "may", "perhaps", "possibly", "could", "it depends", "generally", "often",
     "usually", "i think", "likely", "tend to", "tends to", "not always", "in some cases",
-    "sometimes", "probably", "somewhat", "arguably", "seems", "appears",
+    "sometimes", "probably", "somewhat", "arguably", "seems", "appears", "can", "some",
+    "possible", "maybe", "depending", "typically", "suggest*",
 ))
 CONFIDENT = Lexicon((
     "always", "definitely", "certainly", "clearly", "must", "will", "the best", "never",
     "simply", "absolutely", "guaranteed", "without a doubt", "the key is", "no doubt",
-    "undoubtedly", "sure",
+    "undoubtedly", "sure", "indeed", "in fact", "of course", "crucial", "exactly", "truly",
+    "proven", "every",
 ))
 YOU = Lexicon(("you", "your", "yours", "yourself", "yourselves", "you're", "you'll", "you've",
                "you'd"))
 IMPERSONAL = Lexicon(("one", "people", "individuals", "someone", "a person", "anyone",
                       "everyone", "persons", "somebody"))
+INVITE = Lexicon(("let me know", "tell me", "would you like", "feel free to ask", "any other",
+                  "what do you think", "are you", "do you"))
+
+LEXICONS: dict[str, tuple[Lexicon, ...]] = {
+    "formality": (FORMAL, CASUAL), "examples": (EXAMPLE,), "warmth": (WARM,),
+    "vocabulary": (TECHNICAL,), "summary": (SUMMARY,), "questions": (INVITE,),
+    "certainty": (HEDGE, CONFIDENT), "address": (YOU, IMPERSONAL),
+}
+"""The word lists behind each family's score (none for length, layout and topic)."""
 
 
 def length(_prompt: str, answer: str) -> float:
@@ -86,8 +104,9 @@ def formality(_prompt: str, answer: str) -> float:
 
 
 def examples(_prompt: str, answer: str) -> float:
-    """Example markers, and numbers as concrete instances."""
-    return min(EXAMPLE.count(answer), 3) + 0.5 * min(numbers(answer), 2)
+    """Example markers, and numbers and names as concrete instances."""
+    concrete = numbers(answer) + names(answer)
+    return min(EXAMPLE.count(answer), 3) + 0.5 * min(concrete, 3)
 
 
 def warmth(_prompt: str, answer: str) -> float:
@@ -110,9 +129,11 @@ def closing_summary(prompt: str, answer: str) -> float:
 
 
 def questions_back(prompt: str, answer: str) -> float:
-    """Questions in the answer, other than a restatement of the prompt."""
+    """Questions in the answer, other than a restatement of the prompt, and invitations
+    to say more (half each)."""
     asked = prompt.strip().lower()
-    return min(sum(s.endswith("?") and s.lower() != asked for s in sentences(answer)), 3)
+    asks = sum(s.endswith("?") and s.lower() != asked for s in sentences(answer))
+    return min(asks, 3) + 0.5 * min(INVITE.count(answer), 2)
 
 
 def hedging(_prompt: str, answer: str) -> float:

@@ -10,6 +10,7 @@ _LIST_ITEM = re.compile(r"(?m)^\s*(?:[-*•]|\d{1,2}[.)])\s+\S")
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
 _CONTRACTION = re.compile(r"(?i)\b[a-z]+'(?:s|re|ll|ve|d|t|m)\b")
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
+_NAME = re.compile(r"(?<=[a-z,;:] )[A-Z][a-z]+")
 _NUMBER = re.compile(r"\b\d+(?:[.,]\d+)?\b")
 STOPWORDS = frozenset({  # only words of four letters or more matter (``key_words``)
     "about", "into", "over", "after", "before", "were", "been", "being", "does", "have",
@@ -41,6 +42,11 @@ def contractions(text: str) -> int:
 
 def numbers(text: str) -> int:
     return len(_NUMBER.findall(text))
+
+
+def names(text: str) -> int:
+    """Capitalised words inside a sentence ("Tokyo", "Shakespeare"): named things."""
+    return sum(len(_NAME.findall(s)) for s in sentences(text))
 
 
 def sentences(text: str) -> list[str]:

@@ -18,6 +18,7 @@ from demo.preferences import (
     independent_of,
     relation,
 )
+from demo.preferences.families import LEXICONS
 
 PROMPT = "How can I sleep better?"
 
@@ -31,8 +32,8 @@ EXAMPLES: dict[str, tuple[str, str]] = {
                   "Hey, just keep the bedroom dark and skip coffee, it's super easy!"),
     "examples": ("Keep a calm routine. For example, read for 20 minutes before bed.",
                  "Keep a calm routine. Read quietly before bed."),
-    "warmth": ("I hope you enjoy a calm evening; good luck with your sleep.",
-               "Keep a calm evening and note your sleep."),
+    "warmth": ("I hope you enjoy the evening; good luck with your sleep.",
+               "Keep the evening quiet and note your sleep."),
     "vocabulary": ("Melatonin and cortisol follow a circadian rhythm, so consistent light "
                    "exposure helps.", "The body clock follows the day, so steady light helps."),
     "summary": ("Dim the lights and skip late coffee. In short, a calm routine helps you sleep.",
@@ -98,6 +99,15 @@ def test_independent_families_do_not_move_each_other(pair: tuple[str, str]) -> N
     assert independent(pf, pg) and independent(pg, pf)
     assert abs(_delta(pf, f)) >= CLEAR and abs(_delta(pg, f)) <= NEGLIGIBLE, (f, g)
     assert abs(_delta(pg, g)) >= CLEAR and abs(_delta(pf, g)) <= NEGLIGIBLE, (g, f)
+
+
+@pytest.mark.parametrize("pair", sorted(tuple(sorted(p)) for p in INDEPENDENT_FAMILIES
+                                        if p <= LEXICONS.keys()))
+def test_no_word_counts_for_two_independent_families(pair: tuple[str, str]) -> None:
+    f, g = pair
+    for lex_f, lex_g in itertools.product(LEXICONS[f], LEXICONS[g]):
+        assert not [t for t in lex_f.terms if lex_g.count(t.rstrip("*"))], (f, g)
+        assert not [t for t in lex_g.terms if lex_f.count(t.rstrip("*"))], (g, f)
 
 
 def test_declarations_name_real_families_and_leave_correlated_ones_undeclared() -> None:
