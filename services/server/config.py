@@ -85,6 +85,10 @@ class ServerConfig:
     ...) served on ``host`` by the same process and engine (0 disables it)."""
     http_max_body_bytes: int = 4 * 1024 * 1024
     """Largest HTTP request body accepted; a bigger one is answered 413."""
+    http_cors_origins: tuple[str, ...] = ()
+    """Origins (``https://chat.example.com``, comma-separated; ``*`` for any) whose web
+    pages may call the HTTP API from a browser (CORS). Empty: none but the server's own
+    chat page, which needs no CORS."""
     adapter_store: str = ".cache/adapters"
     """Root of the adapter store: <root>/<user_id>/<version>/."""
     response_keys: str = ""

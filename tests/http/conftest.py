@@ -3,7 +3,9 @@ engine and broker, with its own topics and store, its HTTP API on a free port.""
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,3 +57,41 @@ def secure_http(loop_thread, tiny_engine, broker, engine_config,  # type: ignore
 @pytest.fixture(scope="session")
 def secure_url(secure_http) -> str:  # type: ignore[no-untyped-def]
     return f"http://127.0.0.1:{secure_http.http_port}"
+
+
+# --- a real browser: Debian's chromium driven by Playwright for Python ---------------------
+# (Playwright's own browser download is not used; `make test` installs chromium.)
+
+CHROMIUM = os.environ.get("PERSONALIZE_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+BROWSER_TIMEOUT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y "
+                    "chromium; `make test` does it as root)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+    """A fresh page in a fresh context; ``page.problems`` collects console errors and
+    uncaught exceptions (CSP violations among them)."""
+    context = browser.new_context()
+    pg = context.new_page()
+    pg.set_default_timeout(BROWSER_TIMEOUT_MS)
+    problems: list[str] = []
+    pg.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: problems.append(str(e)))
+    pg.problems = problems
+    yield pg
+    context.close()

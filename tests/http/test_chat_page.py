@@ -6,49 +6,12 @@ gives a thumb; the feedback is on the Kafka topic and the page's status shows it
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from collections.abc import Iterator
-from typing import Any
 
 import httpx
-import pytest
 
 from tests.support.topics import read_topic
 
-CHROMIUM = os.environ.get("PERSONALIZE_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
-TIMEOUT_MS = 30_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y "
-                    "chromium; `make test` does it as root)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture()
-def page(browser) -> Iterator[Any]:  # type: ignore[no-untyped-def]
-    """A fresh page; console errors and uncaught exceptions (CSP violations among them)
-    fail the test."""
-    context = browser.new_context()
-    pg = context.new_page()
-    pg.set_default_timeout(TIMEOUT_MS)
-    problems: list[str] = []
-    pg.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    pg.on("pageerror", lambda e: problems.append(str(e)))
-    pg.problems = problems
-    yield pg
-    context.close()
+# `browser` and `page` (Debian's chromium through Playwright): tests/http/conftest.py
 
 
 def sign_in(pg, base: str, credential: str, label: str = "User name") -> None:  # type: ignore[no-untyped-def]

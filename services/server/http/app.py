@@ -54,7 +54,7 @@ from services.server.http.openai_schema import (
     models_body,
     usage_chunk_body,
 )
-from services.server.http.page import page_routes
+from services.server.http.page import cors, page_routes
 from services.server.metrics import ServerMetrics
 from services.server.validation import validate_feedback, validate_generate
 
@@ -79,6 +79,8 @@ class HttpContext:
     """True while the server accepts work (the gRPC health SERVING)."""
     alive: Callable[[], bool]
     """False once the engine failed for good."""
+    cors_origins: tuple[str, ...] = ()
+    """Browser origins allowed to call the API (CORS); empty: none."""
 
 
 @dataclass
@@ -181,7 +183,8 @@ class HttpApi:
             Route("/v1/status", self._endpoint("GetUserStatus", self.status), methods=["GET"]),
             *page_routes(),
         ]
-        self.app = Starlette(routes=routes, exception_handlers={HTTPException: http_exception})
+        self.app = Starlette(routes=routes, exception_handlers={HTTPException: http_exception},
+                             middleware=cors(ctx.cors_origins))
 
     @property
     def in_flight(self) -> int:

@@ -9,7 +9,6 @@
     authOn: false, // learnt from a 401 on GET /v1/models without a token
     token: "",     // auth on: the bearer token (the OpenAI api key)
     user: "",      // the user id (auth off: what requests send as `user`)
-    model: "",
     turns: [],     // {role: "user", content} | {role: "assistant", texts: [], chosen}
     busy: null,    // the AbortController of the answer being streamed
   };
@@ -78,7 +77,6 @@
     const select = $("model");
     select.replaceChildren(...models.data.map((m) => el("option", { value: m.id },
       m.id.endsWith(":base") ? `${m.id} (no adapter)` : `${m.id} (your adapter)`)));
-    state.model = models.data[0].id;
     sessionStorage.setItem(KEY, JSON.stringify({ token: state.token, user: state.user }));
     $("who").textContent = `Signed in as ${state.user}` + (state.authOn ? "" : " (auth off)");
     $("sign-in").hidden = true;
