@@ -1,0 +1,48 @@
+"""The live view and the report show each win rate with its interval and number of
+comparisons, the largest leakage shift and the byte-identity checks (no server)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from demo.driver import DriveConfig, Simulation
+from demo.evaluation import IdentityLedger, Leak
+from demo.report import write_report
+from demo.stats import Tally
+from demo.users import make_users
+from demo.view import LiveView
+
+
+def _sim() -> Simulation:
+    sim = Simulation(None, make_users(4, 0.2), DriveConfig())  # type: ignore[arg-type]
+    fay, cas, *_ = sim.states.values()
+    fay.win, fay.version, fay.feedback, fay.rankings = Tally(40, 4, 4), "v2", 30, 21
+    fay.leaks = [Leak("bullets", Tally(30, 0, 18), 0.994), Leak("examples", Tally(2, 44, 2), 0.994)]
+    cas.identity = IdentityLedger(checks=3, mismatches=1)
+    return sim
+
+
+def test_the_live_view_shows_intervals_leakage_and_identity() -> None:
+    console = Console(file=io.StringIO(), width=220)
+    console.print(LiveView(_sim(), 600))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "88% [75%-94%] n=48" in text
+    assert "+12" in text and "bullets" in text  # the largest shift, signed
+    assert "2/3" in text  # one of three probes differed
+
+
+def test_the_report_and_results_carry_intervals_leakage_and_identity(tmp_path: Path) -> None:
+    paths = write_report(_sim(), {"model": "none"}, tmp_path)
+    data = json.loads(paths["data"].read_text())
+    fay = data["users"][0]
+    assert fay["comparisons"] == 48 and fay["win"]["wins"] == 40
+    assert 0.75 < fay["win_lo"] < fay["win_rate"] < fay["win_hi"]
+    assert fay["leakage_worst"]["preference"] == "bullets" and fay["leakage_worst"]["points"] > 12
+    assert [lk["preference"] for lk in fay["leakage"]] == ["bullets", "examples"]
+    assert data["identity"] == {"checks": 3, "mismatches": 1, "skipped": 0}
+    report = paths["report"].read_text()
+    assert "n=48" in report and "2/3" in report and "Leakage of fay" in report
