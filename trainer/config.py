@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from services.contract.config import KafkaConfig
 from trainer.data.preferences import PreferenceConfig
+from trainer.loop.online import OnlineConfig
 from trainer.ppo.config import PPOConfig
 from trainer.reward.config import RewardModelConfig
 
@@ -107,3 +108,4 @@ class TrainerConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     reward: RewardModelConfig = field(default_factory=RewardModelConfig)
     preferences: PreferenceConfig = field(default_factory=PreferenceConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)

@@ -66,6 +66,20 @@ class TrainerMetrics:
         self.adapters_in_memory = Gauge(p + "adapters_in_memory",
                                         "User adapters resident in the policy model.",
                                         registry=r)
+        self.online_comparisons = Counter(
+            p + "online_comparisons", "The served version against a comparison arm in the "
+            "users' own rankings and thumbs of interleaved candidates, by arm (base, parent) "
+            "and the served version's outcome (win, loss, tie).", ["arm", "outcome"],
+            registry=r)
+        self.online_win_rate_vs_base = Histogram(
+            p + "online_win_rate_vs_base", "A user's online win rate of the served version "
+            "against the base model, observed when the user's comparisons change.",
+            buckets=_UNIT, registry=r)
+        self.rollbacks = Counter(p + "rollbacks", "Served versions rolled back to their parent "
+                                 "after losing to it online.", registry=r)
+        for arm in ("base", "parent"):
+            for outcome in ("win", "loss", "tie"):
+                self.online_comparisons.labels(arm, outcome)
         for topic, reason in ((generations_topic, "unparseable"),
                               (feedback_topic, "unparseable"), (feedback_topic, "unjoinable")):
             self.dead_lettered.labels(topic, reason)

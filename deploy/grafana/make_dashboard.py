@@ -123,6 +123,23 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[dict]]]]] = [
         ("Users quarantined", "short", "Users held back with backoff after a failed turn, "
          "per trainer.", gauge(T + "users_quarantined", "instance")),
     ]),
+    ("Online evaluation", [
+        ("Comparison candidates", "ops", "Candidates the servers answered from a comparison "
+         "arm (base model or the served version's parent) instead of the user's adapter "
+         "(comparison_rate), by arm.", rate(S + "comparison_candidates", "arm")),
+        ("Online comparisons", "ops", "The served version against a comparison arm in users' "
+         "own rankings and thumbs of interleaved candidates, by arm and the served "
+         "version's outcome.", rate(T + "online_comparisons", "arm, outcome")),
+        ("Online win rate vs base", "percentunit", "Users' online win rates of the served "
+         "version against the base model (quantiles), and the share of them at 40% or less "
+         "(ServedAdaptersLosingToBase).",
+         [*quantiles(T + "online_win_rate_vs_base", qs=(0.1, 0.5, 0.9)),
+          {"expr": f'sum(rate({T}online_win_rate_vs_base_bucket{{le="0.4"}}{RATE})) / '
+                   f"sum(rate({T}online_win_rate_vs_base_count{RATE}))",
+           "legendFormat": "share losing"}]),
+        ("Rollbacks", "ops", "Served versions rolled back to their parent after losing to it "
+         "online.", rate(T + "rollbacks", legend="rolled back")),
+    ]),
     ("Kafka", [
         ("Produce latency", "s", "Time to a broker acknowledgement, by topic (p99).",
          quantiles(S + "kafka_produce_duration_seconds", "topic", qs=(0.99,))),

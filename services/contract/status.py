@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 STATUS_SCHEMA_VERSION = 2
 
@@ -30,6 +30,26 @@ class LabelerReport:
     """Pair judgements another labeler's majority could check."""
     flagged: bool
     """Down-weighted for disagreeing with the consensus."""
+
+
+@dataclass(frozen=True)
+class OnlineWinRate:
+    """The served version against one comparison arm, judged by the user's own rankings
+    and thumbs of interleaved candidates (a tie counts half a win)."""
+
+    version: str = ""
+    """The served version compared."""
+    arm_version: str = ""
+    """The parent arm's version; empty for the base model."""
+    wins: int = 0
+    losses: int = 0
+    ties: int = 0
+    win_rate: float = 0.0
+    """(wins + ties / 2) / comparisons; 0 before any comparison."""
+    lower: float = 0.0
+    """Lower bound of the 95% Wilson interval of the win rate (0 before any)."""
+    upper: float = 1.0
+    """Upper bound of the same interval (1 before any)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +91,13 @@ class TrainerReport:
     while it has spare capacity), "threshold reached", "step cap reached" or "waiting for
     data" (the trainer's ``TrainingState``, set by its loop, which owns the schedule)."""
 
+    online_vs_base: OnlineWinRate = field(default_factory=OnlineWinRate)
+    """The served version against the base model (interleaved comparisons)."""
+    online_vs_parent: OnlineWinRate = field(default_factory=OnlineWinRate)
+    """The served version against its parent version."""
+    last_rollback: str = ""
+    """The latest automatic rollback of the user and why; empty when none."""
+
     def to_json(self) -> str:
         body = {"schema_version": STATUS_SCHEMA_VERSION, **dataclasses.asdict(self)}
         return json.dumps(body, allow_nan=False)
@@ -93,6 +120,11 @@ class TrainerReport:
             labelers = tuple(LabelerReport(**item) for item in body.pop("labelers"))
         except TypeError as exc:
             raise StatusError(f"bad labeler entry: {exc}") from exc
+        try:
+            for name in ("online_vs_base", "online_vs_parent"):
+                body[name] = OnlineWinRate(**body[name])
+        except TypeError as exc:
+            raise StatusError(f"bad online win rate: {exc}") from exc
         return cls(labelers=labelers, **body)
 
 

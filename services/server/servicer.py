@@ -9,6 +9,7 @@ import grpc
 from personalize.v1 import assistant_pb2 as pb
 from personalize.v1 import assistant_pb2_grpc as pb_grpc
 from services.contract.auth import Authenticator
+from services.contract.status import OnlineWinRate
 from services.server.core import AssistantCore, UserStatusView
 from services.server.validation import Message, validate_feedback, validate_generate
 
@@ -83,5 +84,13 @@ def to_proto_status(view: UserStatusView) -> pb.UserStatus:
         labelers=[pb.LabelerScore(labeler_id=s.labeler_id, agreement=s.agreement,
                                   judgements=s.judgements, flagged=s.flagged)
                   for s in t.labelers],
-        trainer_updated_at=t.updated_at))
+        trainer_updated_at=t.updated_at,
+        online_vs_base=_win_rate(t.online_vs_base),
+        online_vs_parent=_win_rate(t.online_vs_parent), last_rollback=t.last_rollback))
     return status
+
+
+def _win_rate(w: OnlineWinRate) -> pb.OnlineWinRate:
+    return pb.OnlineWinRate(version=w.version, arm_version=w.arm_version, wins=w.wins,
+                            losses=w.losses, ties=w.ties, win_rate=w.win_rate, lower=w.lower,
+                            upper=w.upper)

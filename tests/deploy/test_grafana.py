@@ -24,7 +24,7 @@ def test_dashboard_structure_and_generator() -> None:
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
-    assert rows == ["Serving", "Feedback", "Training", "Kafka"]
+    assert rows == ["Serving", "Feedback", "Training", "Online evaluation", "Kafka"]
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
     for panel in board["panels"]:

@@ -40,3 +40,22 @@ class Publisher:
             base_model=manifest.base_model, created_at=time.time(),
             metrics={"reward_before": reward_before, "reward_after": reward_after, "kl": kl}))
         return manifest.version
+
+    def restore(self, user_id: str, version: str, *, replaces: str,
+                metrics: Mapping[str, object]) -> str:
+        """Publish the weights of the stored ``version`` again, as the successor of
+        ``replaces`` (the user's latest version; fenced like any publish): a rollback.
+        The new version keeps ``version``'s training figures, adds ``metrics``, and
+        its parent comparison arm is ``version``'s own."""
+        source = self._store.manifest(user_id, version)
+        kept = {k: v for k, v in source.metrics.items() if not k.startswith("online_")}
+        manifest = self._store.publish(
+            user_id, self._store.version_dir(user_id, version), self.model_id, replaces,
+            steps=source.steps, feedback_count=source.feedback_count,
+            reward_before=source.reward_before, reward_after=source.reward_after,
+            kl=source.kl, metrics={**kept, **metrics}, comparison_parent=source.parent_arm)
+        self._announce(AdapterUpdateRecord(
+            user_id=user_id, version=manifest.version, sha256=manifest.sha256,
+            base_model=manifest.base_model, created_at=time.time(),
+            metrics={"rolled_back_from": replaces, "restores": version}))
+        return manifest.version

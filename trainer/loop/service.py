@@ -32,6 +32,8 @@ from trainer.data.examples import build_examples
 from trainer.ingest.consumer import Ingest
 from trainer.ingest.journal import Journal
 from trainer.loop.learner import Learner
+from trainer.loop.publish import Publisher
+from trainer.loop.rollback import OnlineReviewer
 from trainer.loop.schedule import (
     Quarantine,
     TrainingState,
@@ -60,6 +62,8 @@ class TrainerService:
         self.journal = Journal(journal_path(cfg), k.generations_topic, k.feedback_topic)
         self._producer: KafkaProducer | None = None
         self.learner = Learner(cfg, self.store, self.metrics, self._announce)
+        self.online = OnlineReviewer(cfg.online, self.store, Publisher(
+            self.store, self._announce, self.learner.model_id), self.metrics)
         self.stop_event = threading.Event()
         self._last_trained: dict[str, float] = {}
         self._quarantine: dict[str, Quarantine] = {}
@@ -133,7 +137,9 @@ class TrainerService:
         has none: the reward model is then not refitted, and nothing is marked trained
         (feedback that arrived meanwhile stays new for the next turn)."""
         partition = self.journal.partition_of(user)
-        ex = build_examples(user, self.journal.joined(user), self.cfg.preferences,
+        joined = self.journal.joined(user)
+        online = self.online.review(user, joined)  # may roll the served version back
+        ex = build_examples(user, joined, self.cfg.preferences,
                             self.cfg.reward.heldout_fraction, self.cfg.reward.seed)
         result = self.learner.turn(user, ex, lambda: (self.stop_event.is_set()
                                                       or not self.ingest.owns(partition)),
@@ -146,10 +152,10 @@ class TrainerService:
             return
         state = self._states[user] = training_state(result.ppo_stop, self.cfg.schedule)
         ppo = self.cfg.ppo
+        report = online.annotate(self.learner.status(user, ex, result))
         self.store.write_status(user, replace(
-            self.learner.status(user, ex, result), ppo_steps_total=result.ppo_total_steps,
-            ppo_max_steps=ppo.max_steps, reward_threshold=ppo.reward_threshold,
-            training_state=state))
+            report, ppo_steps_total=result.ppo_total_steps, ppo_max_steps=ppo.max_steps,
+            reward_threshold=ppo.reward_threshold, training_state=state))
         if oldest_new is not None:
             self.journal.mark_trained(user, ex.through_seq)
         self._last_trained[user] = time.monotonic()
