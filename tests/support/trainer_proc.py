@@ -13,6 +13,7 @@ from pathlib import Path
 
 ALWAYS_PUBLISH = {
     "schedule_min_new_feedback": "4", "schedule_ppo_steps_per_turn": "2",
+    "schedule_min_pairs": "2",
     "ppo_batch_size": "4", "ppo_mini_batch_size": "2", "ppo_max_new_tokens": "8",
     "ppo_lr": "0.001", "reward_user_min_examples": "4", "publish_eval_prompts": "2",
     "publish_eval_samples": "1", "publish_min_improvement": "-1000000",

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.reward.data import fold_of
+from trainer.reward.data import fold_of, heldout_prompts, is_heldout_prompt
 from trainer.reward.encoder import TextEncoder
 from trainer.reward.losses import pairwise_accuracy_from_rewards
 from trainer.reward.model import (
@@ -362,3 +362,14 @@ def test_user_pool_evicts_least_recently_used_and_reloads(tmp_path: Path) -> Non
     bad = pool.state_dict("a") | {"weight": torch.tensor([[1.0, float("nan"), 0.0, 0.0]] * 2)}
     with pytest.raises(ValueError, match="non-finite"):
         pool.load_state_dict("a", bad)
+
+
+def test_a_user_with_no_prompt_under_the_threshold_still_gets_one_held_out() -> None:
+    prompts = [f"prompt {i}" for i in range(3)]
+    user = next(f"u{i}" for i in range(1000)
+                if not any(is_heldout_prompt(f"u{i}", p, 0.2, 0) for p in prompts))
+    held = heldout_prompts(user, prompts, 0.2, 0)
+    assert len(held) == 1
+    pairs = [PairExample(user, p, "a", "b") for p in prompts]
+    assert {p.prompt for p in split_heldout(pairs, 0.2, 0)[1]} == held
+    assert heldout_prompts(user, prompts[:1], 0.2, 0) == set()  # one prompt: nothing to spare

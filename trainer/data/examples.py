@@ -9,7 +9,7 @@ from services.contract.records import GenerationRecord
 from trainer.data.chat import ChatMessages, prompt_text
 from trainer.data.preferences import PreferenceConfig, PreferenceData, build_preferences
 from trainer.ingest.journal import Joined
-from trainer.reward.data import PairExample, ThumbExample, is_heldout_prompt
+from trainer.reward.data import PairExample, ThumbExample, heldout_prompts
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,8 @@ def build_examples(user_id: str, joined: Sequence[Joined], cfg: PreferenceConfig
     prompts: dict[str, ChatMessages] = {}
     for g in gens.values():
         prompts.setdefault(prompt_text(g.messages), [dict(m) for m in g.messages])
-    train, held = [], []
-    for key in sorted(prompts):
-        held_out = is_heldout_prompt(user_id, key, heldout_fraction, seed)
-        (held if held_out else train).append(prompts[key])
+    held_keys = heldout_prompts(user_id, prompts, heldout_fraction, seed)
+    train = [prompts[k] for k in sorted(prompts) if k not in held_keys]
+    held = [prompts[k] for k in sorted(held_keys)]
     return UserExamples(data, pairs, thumbs, train, held, len(joined),
                         max((j.seq for j in joined), default=0))

@@ -132,9 +132,8 @@ class PersonalRewardModel:
         each user's held-out prompts), every example scored with its own user's head."""
         cfg, start = self.config, time.perf_counter()
         # 1. held-out split, per user and prompt (the same examples train_user holds out)
-        train_pairs, held_pairs = split_heldout(pairs, cfg.heldout_fraction, cfg.seed)
-        train_thumbs, held_thumbs = split_heldout(thumbs, cfg.heldout_fraction, cfg.seed)
-        items: list[Example] = [*train_pairs, *train_thumbs]
+        items, held = split_heldout([*pairs, *thumbs], cfg.heldout_fraction, cfg.seed)
+        held_pairs = [e for e in held if isinstance(e, PairExample)]
         # 2. a bounded number of steps on random minibatches, shared head + top layers
         encode_s, steps, losses = self._warm(items), 0, [float("nan")]
         params = [*self.shared_head.parameters(), *self.encoder.trainable_parameters()]
@@ -160,7 +159,7 @@ class PersonalRewardModel:
         # 3. evaluate on the held-out pairs
         accuracy = self._accuracy(None, POLICY, held_pairs)
         metrics = TrainMetrics(
-            user_id=None, n_train=len(items), n_heldout=len(held_pairs) + len(held_thumbs),
+            user_id=None, n_train=len(items), n_heldout=len(held),
             n_heldout_pairs=len(held_pairs), epochs=0, steps=steps,
             loss=sum(losses) / len(losses) if losses else float("nan"),
             heldout_accuracy=accuracy, heldout_accuracy_shared=accuracy, personal=False,
@@ -177,9 +176,8 @@ class PersonalRewardModel:
         cfg, start = self.config, time.perf_counter()
         _check_owner(user_id, [*pairs, *thumbs])
         # 1. held-out split by prompt, then the two disjoint folds of the rest
-        train_pairs, held_pairs = split_heldout(pairs, cfg.heldout_fraction, cfg.seed)
-        train_thumbs, held_thumbs = split_heldout(thumbs, cfg.heldout_fraction, cfg.seed)
-        items: list[Example] = [*train_pairs, *train_thumbs]
+        items, held = split_heldout([*pairs, *thumbs], cfg.heldout_fraction, cfg.seed)
+        held_pairs = [e for e in held if isinstance(e, PairExample)]
         encode_s = self._warm(items)
         epochs, steps, losses = 0, 0, []
         # 2. each head on its fold: shared reward + residual, L2 toward the shared model
@@ -196,7 +194,7 @@ class PersonalRewardModel:
             head.n_examples[part] = len(fold)
         # 3. evaluate the policy head, the judge and the shared model on held-out pairs
         metrics = TrainMetrics(
-            user_id=user_id, n_train=len(items), n_heldout=len(held_pairs) + len(held_thumbs),
+            user_id=user_id, n_train=len(items), n_heldout=len(held),
             n_heldout_pairs=len(held_pairs), epochs=epochs, steps=steps,
             loss=sum(losses) / len(losses) if losses else float("nan"),
             heldout_accuracy=self._accuracy(self._head(user_id), POLICY, held_pairs),
