@@ -26,22 +26,12 @@ class StackPorts:
 
 @dataclass(frozen=True)
 class TrainerProfile:
-    """Trainer settings for a demo that must show learning within minutes on a CPU:
-    a larger LoRA learning rate, short turns, and every turn judged by the gate."""
+    """What the demo sets on the trainer beyond the product's defaults, which are the
+    settings it runs with (one profile for the product and the demo): only the length of
+    the samples, kept equal to the answers the users rate, and the threads (the demo's
+    host runs nothing else)."""
 
-    ppo_lr: float = 3e-3
-    ppo_lam: float = 1.0
     ppo_max_new_tokens: int = 32
-    ppo_batch_size: int = 8
-    ppo_ppo_epochs: int = 2
-    ppo_kl_coef: float = 0.05
-    schedule_min_pairs: int = 12
-    schedule_min_new_feedback: int = 6
-    schedule_max_wait_s: float = 60.0
-    schedule_ppo_steps_per_turn: int = 4
-    publish_eval_prompts: int = 4
-    publish_eval_samples: int = 4
-    publish_kl_bound: float = 30.0
     torch_threads: int = 2
 
     def env(self) -> dict[str, str]:
