@@ -58,6 +58,7 @@ def write_chart(sim: Simulation, path: Path) -> Path:
                             label=label)
         ax_win.fill_between(t, [100 * p.win_lo for p in s.history],
                             [100 * p.win_hi for p in s.history], step="post",
+                            where=[p.version != "" for p in s.history],  # once measured
                             color=line.get_color(), alpha=0.12)
         ax_rm.plot(t, [100 * p.rm_accuracy for p in s.history], label=label)
     ax_win.axhline(50, color="grey", lw=0.8, ls="--")
@@ -103,7 +104,7 @@ def write_report(sim: Simulation, settings: dict[str, Any], out: Path) -> dict[s
             r["user"], f"{r['preference']}: {s.user.preference.description}",
             f"{r['feedback_events']} ({r['rankings']})", r["adapter_version"] or "base",
             _fmt(r["rm_accuracy"]), _fmt(r["rm_accuracy_shared"]), fmt_rate(s.win),
-            f"{_fmt(r['best_win_rate'])} ({r['feedback_at_best']})",
+            f"{fmt_rate(s.best)} ({r['feedback_at_best']})" if s.best.n else "-",
             fmt_leak(r["leakage_worst"]), fmt_identity(r["identity"])]))
     lines += ["", *_leakage_notes(rows), "", *_labeler_notes(list(sim.states.values())), "",
               "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), ""]
