@@ -6,6 +6,7 @@ gives a thumb; the feedback is on the Kafka topic and the page's status shows it
 from __future__ import annotations
 
 import json
+import os
 
 import httpx
 
@@ -52,7 +53,11 @@ def test_rank_three_answers_and_thumb_one(page, http_url: str, broker,  # type: 
     expect(submit).to_be_disabled()  # every answer must be ranked
     page.get_by_role("button", name="Rank answer 2").click()
     for i, rank in ((3, "#1"), (1, "#2"), (2, "#3")):
-        expect(page.get_by_role("button", name=f"Rank answer {i}")).to_have_text(rank)
+        button = page.get_by_role("button", name=f"Rank answer {i}")
+        expect(button).to_have_text(rank)
+        expect(button).to_have_accessible_description(f"(ranked {rank})")
+    if shot := os.environ.get("CHAT_PAGE_SCREENSHOT"):  # to look at the page
+        page.screenshot(path=shot, full_page=True)
     submit.click()
     expect(page.get_by_text("Ranking sent")).to_be_visible()
     expect(page.locator("[data-field=feedback_accepted]")).to_have_text("1")

@@ -159,6 +159,7 @@
       const at = turn.ranking.indexOf(i);
       view.rank.textContent = at < 0 ? "Rank" : `#${at + 1}`;
       view.rank.setAttribute("aria-pressed", at < 0 ? "false" : "true");
+      view.place.textContent = at < 0 ? "" : ` (ranked #${at + 1})`;
       view.box.classList.toggle("best", at === 0);
     });
     turn.submit.disabled = turn.sent || turn.ranking.length !== turn.views.length;
@@ -185,16 +186,19 @@
 
   // --- one answer, streamed -------------------------------------------------------------
 
+  let views = 0; // unique element ids
+
   function candidateView(turn, i, n) {
     const text = el("p", { class: "text" });
-    const up = el("button", { type: "button", "aria-label": `Thumbs up for answer ${i + 1}` }, "👍");
-    const down = el("button", { type: "button", "aria-label": `Thumbs down for answer ${i + 1}` }, "👎");
+    const place = el("span", { id: `place-${++views}` });
+    const up = el("button", { type: "button", "aria-label": `Thumbs up for answer ${i + 1}` }, "Good");
+    const down = el("button", { type: "button", "aria-label": `Thumbs down for answer ${i + 1}` }, "Bad");
     const note = el("span", { class: "hint", role: "status" });
     up.addEventListener("click", () => thumbs(turn, i, true, [up, down], note));
     down.addEventListener("click", () => thumbs(turn, i, false, [up, down], note));
     const controls = el("div", { class: "controls" }, up, down);
     const rank = el("button", { type: "button", "aria-label": `Rank answer ${i + 1}`,
-      "aria-pressed": "false" }, "Rank");
+      "aria-pressed": "false", "aria-describedby": place.id }, "Rank");
     if (n > 1) {
       rank.addEventListener("click", () => clickRank(turn, i));
       controls.prepend(rank);
@@ -202,8 +206,8 @@
     [up, down, rank].forEach((b) => { b.disabled = true; });
     controls.append(note);
     const box = el("article", { class: "candidate", "aria-label": `Answer ${i + 1}` },
-      el("h3", {}, n > 1 ? `Answer ${i + 1}` : "Answer"), text, controls);
-    return { box, text, buttons: [up, down, rank], rank };
+      el("h3", {}, n > 1 ? `Answer ${i + 1}` : "Answer", place), text, controls);
+    return { box, text, buttons: [up, down, rank], rank, place };
   }
 
   function assistantTurn(n) {
@@ -330,13 +334,14 @@
   });
   $("refresh-status").addEventListener("click", refreshStatus);
 
-  detectAuth()
-    .then(() => {
-      const saved = JSON.parse(sessionStorage.getItem(KEY) || "null");
-      if (saved && (state.authOn ? saved.token : saved.user)) {
-        return signIn(state.authOn ? saved.token : saved.user);
-      }
-      return undefined;
-    })
-    .catch((e) => say("The server did not answer: " + e.message));
+  // Start: learn whether auth is on, then resume this tab's session if there is one.
+  detectAuth().then(() => {
+    const saved = JSON.parse(sessionStorage.getItem(KEY) || "null");
+    const credential = saved && (state.authOn ? saved.token : saved.user);
+    if (!credential) return;
+    signIn(credential).catch((e) => {
+      sessionStorage.removeItem(KEY);
+      say("Please sign in again: " + e.message);
+    });
+  }, (e) => say("The server did not answer: " + e.message));
 })();
