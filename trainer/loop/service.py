@@ -5,7 +5,9 @@ the main loop picks the next user among the partitions this process owns
 (schedule.py: users with new feedback first; with spare capacity, users still
 below the seed's stop rule without it), runs that user's turn (learner.py; the
 reward model is refitted only on new feedback), records the outcome and the
-user's training state for GetUserStatus, and repeats. SIGTERM/SIGINT stop it
+user's training state for GetUserStatus, and repeats. When nobody is due, a user with
+new (not yet due) feedback still has its served version reviewed online (rollback.py),
+so that a rollback does not wait for a training turn. SIGTERM/SIGINT stop it
 between PPO iterations, and so does the revocation of the user's partition
 (rebalance); a turn that raises quarantines its user with backoff instead of
 ending the process.
@@ -26,6 +28,7 @@ from prometheus_client import start_http_server
 
 from services.contract import config as config_mod
 from services.contract.records import AdapterUpdateRecord
+from services.contract.status import TrainerReport
 from services.contract.store import AdapterStore
 from trainer.config import TrainerConfig
 from trainer.data.examples import build_examples
@@ -70,6 +73,8 @@ class TrainerService:
         # the training state of each user this process completed a turn of (users it
         # has not, e.g. after a restart, are tried once as "training")
         self._states: dict[str, TrainingState] = {}
+        # the new-feedback count of each user at its last review outside a turn
+        self._reviewed: dict[str, int] = {}
 
     def _announce(self, record: AdapterUpdateRecord) -> None:
         if self._producer is None:
@@ -112,7 +117,7 @@ class TrainerService:
         user = pick_next(pending, self._last_trained, self.cfg.schedule, self._quarantine, now,
                          states)
         if user is None:
-            return False
+            return self._review_waiting(pending)
         try:
             new = pending.get(user)
             self._turn(user, oldest_new=new[1] if new else None)
@@ -137,6 +142,7 @@ class TrainerService:
         has none: the reward model is then not refitted, and nothing is marked trained
         (feedback that arrived meanwhile stays new for the next turn)."""
         partition = self.journal.partition_of(user)
+        self._reviewed.pop(user, None)
         joined = self.journal.joined(user)
         online = self.online.review(user, joined)  # may roll the served version back
         ex = build_examples(user, joined, self.cfg.preferences,
@@ -164,6 +170,30 @@ class TrainerService:
         log.info("user %s: %s (%s, %d PPO steps in total)", user, result.decision, state,
                  result.ppo_total_steps)
 
+    def _review_waiting(self, pending: dict[str, tuple[int, float]]) -> bool:
+        """Review the served version of each user whose new feedback changed since its
+        last review but is not yet due for a turn (the interleaved comparisons it holds
+        may call for a rollback); its report gets the online figures. True when any was
+        reviewed."""
+        reviewed = False
+        self._reviewed = {u: n for u, n in self._reviewed.items() if u in pending}
+        for user, (n, _age) in sorted(pending.items()):
+            if user in self._quarantine or self._reviewed.get(user) == n:
+                continue
+            self._reviewed[user] = n
+            reviewed = True
+            try:
+                online = self.online.review(user, self.journal.joined(user))
+                previous = self.store.read_status(user)
+                if previous is None and not (online.rollback or online.vs_base.version):
+                    continue  # nothing to report of a user without an adapter
+                report = previous or empty_report()
+                self.store.write_status(user, replace(online.annotate(report),
+                                                      updated_at=time.time()))
+            except Exception:  # a review failing must not end the loop
+                log.exception("user %s: online review failed", user)
+        return reviewed
+
     def _report_failure(self, user: str, exc: Exception, wait_s: float) -> None:
         """Tell GetUserStatus why the user's adapter stopped improving (best effort)."""
         try:
@@ -175,6 +205,16 @@ class TrainerService:
                                                       updated_at=time.time()))
         except Exception:  # the store itself failing must not end the loop either
             log.warning("user %s: status not written", user, exc_info=True)
+
+
+def empty_report() -> TrainerReport:
+    """The report of a user the trainer reviewed but has not trained yet."""
+    return TrainerReport(
+        feedback_events=0, preference_pairs=0, thumbs_labels=0, reward_model_accuracy=0.0,
+        reward_model_shared_accuracy=0.0, reward_model_heldout_pairs=0,
+        reward_model_judge_accuracy=0.0, last_reward_before=0.0, last_reward_after=0.0,
+        last_kl=0.0, last_judge_before=0.0, last_judge_after=0.0, last_publish_decision="",
+        labelers=(), updated_at=time.time(), training_state="waiting for data")
 
 
 def main(argv: list[str] | None = None) -> int:
