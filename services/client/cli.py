@@ -5,8 +5,13 @@
     personalize status --user alice
     personalize token --user alice --ttl 86400     # a bearer token (auth on)
     personalize up                                 # the embedded stack
+    personalize admin versions --user alice        # lifecycle (admin token):
+    personalize admin rollback --user alice --version v2
+    personalize admin pin --user alice --version v3
+    personalize admin unpin --user alice
+    personalize admin reset --user alice           # serve the base model
 
-With auth on, chat and status take --token (or PERSONALIZE_TOKEN).
+With auth on, chat, status and admin take --token (or PERSONALIZE_TOKEN).
 """
 
 from __future__ import annotations
@@ -107,6 +112,18 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def admin(args: argparse.Namespace) -> int:
+    """One lifecycle operation; prints the server's answer."""
+    with AssistantClient(args.server, token=args.token) as client:
+        if args.operation == "versions":
+            print(client.list_versions(args.user))
+        elif args.operation in ("rollback", "pin"):
+            print(getattr(client, args.operation)(args.user, args.version))
+        else:
+            print(getattr(client, args.operation)(args.user))
+    return 0
+
+
 def token(args: argparse.Namespace) -> int:
     """Print a token signed with the server's secret (PERSONALIZE_SERVER_AUTH_*)."""
     from services.contract import config as config_mod
@@ -151,6 +168,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="operator token: may act for any user")
     t.add_argument("--secrets-file", dest="cfg__secrets_file", default=None,
                    help="file holding the secrets (first signs)")
+    a = sub.add_parser("admin", help="lifecycle operations on a user (admin token)")
+    ops = a.add_subparsers(dest="operation", required=True)
+    for name, what in (("versions", "list the user's versions with their manifests"),
+                       ("rollback", "serve an earlier version's weights again"),
+                       ("pin", "pin the user to a version (no automatic publish)"),
+                       ("unpin", "lift a pin or a reset"),
+                       ("reset", "serve the base model (data kept)")):
+        op = ops.add_parser(name, help=what)
+        _client_flags(op)
+        if name in ("rollback", "pin"):
+            op.add_argument("--version", required=True, help="e.g. v3")
     sub.add_parser("up", help="run the embedded stack (same as personalize-stack)",
                    add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -161,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "token":
         return token(args)
     try:
+        if args.command == "admin":
+            return admin(args)
         return chat(args) if args.command == "chat" else status(args)
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)

@@ -14,6 +14,8 @@ another one generated. Feedback calls carry a client-made feedback_id, so
 retries after UNAVAILABLE (each on the next replica) never count twice.
 With auth on, pass the user's bearer token:
 ``AssistantClient(target, token=...)`` (``personalize token --user alice``).
+Operators with an admin token have the lifecycle calls: ``list_versions``,
+``rollback``, ``pin``, ``unpin`` and ``reset`` (docs/operations.md#lifecycle).
 """
 
 from __future__ import annotations
@@ -144,3 +146,29 @@ class AssistantClient:
     def status(self, user_id: str) -> pb.UserStatus:
         return self._stub().GetUserStatus(pb.UserStatusRequest(user_id=user_id),
                                         timeout=self._timeout, metadata=self._metadata)
+
+    # --- lifecycle operations (admin token) --------------------------------------------
+    def list_versions(self, user_id: str) -> pb.VersionList:
+        """The user's versions, oldest first, with their manifests."""
+        return self._stub().ListVersions(pb.LifecycleRequest(user_id=user_id),
+                                         timeout=self._timeout, metadata=self._metadata)
+
+    def rollback(self, user_id: str, version: str) -> pb.LifecycleResult:
+        """Serve ``version``'s weights again (as a new version)."""
+        return self._stub().Rollback(pb.LifecycleRequest(user_id=user_id, version=version),
+                                     timeout=self._timeout, metadata=self._metadata)
+
+    def pin(self, user_id: str, version: str) -> pb.LifecycleResult:
+        """Pin the user to ``version``: the trainer leaves their served version alone."""
+        return self._stub().Pin(pb.LifecycleRequest(user_id=user_id, version=version),
+                                timeout=self._timeout, metadata=self._metadata)
+
+    def unpin(self, user_id: str) -> pb.LifecycleResult:
+        """Lift a pin or a reset."""
+        return self._stub().Unpin(pb.LifecycleRequest(user_id=user_id),
+                                  timeout=self._timeout, metadata=self._metadata)
+
+    def reset(self, user_id: str) -> pb.LifecycleResult:
+        """Serve the user the base model (their data and versions are kept)."""
+        return self._stub().Reset(pb.LifecycleRequest(user_id=user_id),
+                                  timeout=self._timeout, metadata=self._metadata)

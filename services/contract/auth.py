@@ -170,6 +170,15 @@ class Authenticator:
             raise PermissionDenied(f"the token is for user {caller.subject!r}; labeler_id "
                                    f"{labeler_id[:80]!r} needs an admin token")
 
+    def check_admin(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Caller:
+        """Authenticate the call; PermissionDenied unless it carries an admin token
+        (lifecycle operations). With auth off every caller may."""
+        caller = self.authenticate(metadata)
+        if not caller.admin:
+            raise PermissionDenied(f"the token is for user {caller.subject!r}; lifecycle "
+                                   "operations need an admin token")
+        return caller
+
     def check(self, metadata: Iterable[tuple[str, str | bytes]] | None, user_id: str,
               labeler_id: str = "") -> Caller:
         """Authenticate the call, then authorise it for ``user_id``."""

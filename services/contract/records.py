@@ -115,6 +115,9 @@ class AdapterUpdateRecord(Record):
     base_model: str
     created_at: float
     metrics: dict[str, Any] = field(default_factory=dict)
+    control: bool = False
+    """An operator changed the user's control state (pin, unpin, reset): every replica
+    re-reads ``<store>/<user_id>/control.json`` and serves what it says."""
 
 
 @dataclass(frozen=True)

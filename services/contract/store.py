@@ -37,6 +37,7 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
 MANIFEST_FILE = "manifest.json"
 STATUS_FILE = "status.json"
+CONTROL_FILE = "control.json"
 
 
 class AdapterRejected(Exception):
@@ -84,6 +85,25 @@ class AdapterManifest:
     def parent_arm(self) -> str:
         """The version of the ``parent`` comparison arm ("" : there is none)."""
         return self.parent_version if self.comparison_parent is None else self.comparison_parent
+
+
+@dataclass(frozen=True)
+class UserControl:
+    """An operator's hold on a user (``<store>/<user_id>/control.json``): written by the
+    lifecycle RPCs, read by every server replica (what to serve) and by the trainer
+    (a held user is neither published to nor rolled back automatically)."""
+
+    pinned: str = ""
+    """The version the user is pinned to ("" : not pinned); always the latest version."""
+    reset: bool = False
+    """The user is served the base model (reset); their data and versions are kept."""
+    updated_at: float = 0.0
+    """Unix seconds of the operation that wrote it."""
+
+    @property
+    def held(self) -> bool:
+        """Pinned or reset: the trainer leaves the user's served version alone."""
+        return bool(self.pinned) or self.reset
 
 
 def sha256_file(path: Path) -> str:
@@ -244,6 +264,36 @@ class AdapterStore:
         body = json.loads(path.read_text())
         body["metrics"] = {**body.get("metrics", {}), **metrics}
         _atomic_write(path, json.dumps(body))
+
+    def restore(self, user_id: str, version: str, base_model: str, *, replaces: str,
+                metrics: dict[str, Any]) -> AdapterManifest:
+        """Publish the weights of the stored ``version`` again, as the successor of
+        ``replaces`` (fenced like any publish): a rollback. The new version keeps
+        ``version``'s training figures (not its online ones), adds ``metrics``, and its
+        parent comparison arm is ``version``'s own."""
+        source = self.manifest(user_id, version)
+        kept = {k: v for k, v in source.metrics.items() if not k.startswith("online_")}
+        return self.publish(
+            user_id, self.version_dir(user_id, version), base_model, replaces,
+            steps=source.steps, feedback_count=source.feedback_count,
+            reward_before=source.reward_before, reward_after=source.reward_after,
+            kl=source.kl, metrics={**kept, **metrics}, comparison_parent=source.parent_arm)
+
+    def read_control(self, user_id: str) -> UserControl:
+        """The operator's hold on the user (none: the default)."""
+        try:
+            body = json.loads((self.user_dir(user_id) / CONTROL_FILE).read_text())
+        except FileNotFoundError:
+            return UserControl()
+        names = {f.name for f in dataclasses.fields(UserControl)}
+        return UserControl(**{k: v for k, v in body.items() if k in names})
+
+    def write_control(self, user_id: str, control: UserControl) -> None:
+        """Replace the user's control state atomically and durably."""
+        udir = self.user_dir(user_id)
+        udir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(udir / CONTROL_FILE, json.dumps(dataclasses.asdict(control)))
+        _fsync_dir(udir)
 
     def write_status(self, user_id: str, report: TrainerReport) -> None:
         """The trainer's per-user report, read by GetUserStatus on any replica."""

@@ -69,6 +69,8 @@ class AdapterManager:
         async with lock:
             if not self._registry.is_newer(user_id, version) or (user_id, version) in self._refused:
                 return False
+            if (await asyncio.to_thread(self._store.read_control, user_id)).reset:
+                return False  # an operator reset the user: the base model serves them
             start = time.perf_counter()
             slot = self._registry.new_slot(
                 user_id, version, str(self._store.version_dir(user_id, version)))
@@ -88,6 +90,22 @@ class AdapterManager:
             self._metrics.active_adapters.set(self._registry.active)
             log.info("serving %s with adapter %s", user_id, version)
             return True
+
+    async def apply_control(self, user_id: str) -> None:
+        """Serve what the user's control state says: the base model after a reset,
+        otherwise the newest good version (e.g. after an unpin)."""
+        validate_user_id(user_id)
+        control = await asyncio.to_thread(self._store.read_control, user_id)
+        if control.reset:
+            async with self._locks.setdefault(user_id, asyncio.Lock()):
+                for done in self._registry.remove(user_id):
+                    await self._unload(done)
+            log.info("serving %s with the base model (reset)", user_id)
+            return
+        for version in reversed(await asyncio.to_thread(self._store.versions, user_id)):
+            if not self._registry.is_newer(user_id, version) or await self.install(user_id,
+                                                                                     version):
+                return
 
     def _verify(self, user_id: str, version: str) -> AdapterManifest:
         return self._store.verify(user_id, version, self._engine.model_id, self._max_rank,
@@ -130,7 +148,10 @@ class AdapterManager:
         """Handle one ``adapter-updates`` record."""
         try:
             update = AdapterUpdateRecord.from_json(raw)
-            await self.install(update.user_id, update.version)
+            if update.control:
+                await self.apply_control(update.user_id)
+            else:
+                await self.install(update.user_id, update.version)
         except (RecordError, DomainError) as exc:
             log.warning("ignored adapter update: %s", exc)
 

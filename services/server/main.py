@@ -34,6 +34,7 @@ from services.server.http.app import HttpApi, HttpContext
 from services.server.http.runner import HttpServer
 from services.server.interceptors import ErrorMappingInterceptor
 from services.server.kafka_io import DurableProducer, TopicFollower
+from services.server.lifecycle import LifecycleService
 from services.server.metrics import ServerMetrics
 from services.server.response_ids import ResponseSigner, load_keys
 from services.server.servicer import AssistantServicer
@@ -69,6 +70,10 @@ class AssistantServer:
                               self.metrics, replica),
             FeedbackService(cfg.kafka, self.producer, signer, self.metrics),
             self.adapters, self.store)
+        self.lifecycle = LifecycleService(
+            self.store, self.adapters,
+            lambda r: self.producer.send(cfg.kafka.adapter_updates_topic, r.user_id, r.to_json()),
+            self.engine.model_id)
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -97,7 +102,7 @@ class AssistantServer:
         server = grpc.aio.server(interceptors=[ErrorMappingInterceptor(self.metrics)],
                                  maximum_concurrent_rpcs=self.cfg.max_concurrent_rpcs)
         assistant_pb2_grpc.add_AssistantServicer_to_server(
-            AssistantServicer(self.core, self.cfg.limits, self.auth), server)
+            AssistantServicer(self.core, self.cfg.limits, self.auth, self.lifecycle), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

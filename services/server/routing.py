@@ -86,6 +86,20 @@ class AdapterRegistry:
                 self.retiring[previous.lora_int_id] = previous
         return removable
 
+    def remove(self, user_id: str) -> list[AdapterSlot]:
+        """Route the user to the base model: their slots are retired; those no request
+        holds are returned, to be removed from the engine now."""
+        out = []
+        for slot in (self.current.pop(user_id, None), self.parents.pop(user_id, None)):
+            if slot is None or slot.retired:
+                continue
+            slot.retired = True
+            if slot.in_flight == 0:
+                out.append(slot)
+            else:
+                self.retiring[slot.lora_int_id] = slot
+        return out
+
     def drain_removable(self) -> list[AdapterSlot]:
         """Retired parent slots no request holds, to be removed from the engine now."""
         out, self._removable = self._removable, []

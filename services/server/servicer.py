@@ -9,8 +9,10 @@ import grpc
 from personalize.v1 import assistant_pb2 as pb
 from personalize.v1 import assistant_pb2_grpc as pb_grpc
 from services.contract.auth import Authenticator
+from services.contract.errors import FailedPrecondition
 from services.contract.status import OnlineWinRate
 from services.server.core import AssistantCore, UserStatusView
+from services.server.lifecycle import LifecycleOutcome, LifecycleService
 from services.server.validation import Message, validate_feedback, validate_generate
 
 
@@ -18,10 +20,12 @@ class AssistantServicer(pb_grpc.AssistantServicer):
     """Each call is first authenticated and authorised for its user_id
     (services/contract/auth.py), then validated, then handed to the core."""
 
-    def __init__(self, core: AssistantCore, limits, auth: Authenticator) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, core: AssistantCore, limits, auth: Authenticator,  # type: ignore[no-untyped-def]
+                 lifecycle: LifecycleService | None = None) -> None:
         self._core = core
         self._limits = limits
         self._auth = auth
+        self._lifecycle = lifecycle
 
     async def Generate(self, request: pb.GenerateRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
@@ -61,6 +65,51 @@ class AssistantServicer(pb_grpc.AssistantServicer):
                             context: grpc.aio.ServicerContext) -> pb.UserStatus:
         self._auth.check(context.invocation_metadata(), request.user_id)
         return to_proto_status(self._core.user_status(request.user_id))
+
+
+    # --- lifecycle operations (admin token) ---------------------------------------------
+    def _admin(self, context: grpc.aio.ServicerContext) -> LifecycleService:
+        self._auth.check_admin(context.invocation_metadata())
+        if self._lifecycle is None:
+            raise FailedPrecondition("lifecycle operations are not enabled on this server")
+        return self._lifecycle
+
+    async def ListVersions(self, request: pb.LifecycleRequest,
+                           context: grpc.aio.ServicerContext) -> pb.VersionList:
+        view = self._admin(context).versions(request.user_id)
+        return pb.VersionList(
+            user_id=view.user_id, served_version=view.served_version,
+            pinned_version=view.control.pinned, reset=view.control.reset,
+            versions=[pb.AdapterVersion(
+                version=v.version, parent_version=v.parent_version, created_at=v.created_at,
+                steps=v.steps, feedback_count=v.feedback_count, reward_before=v.reward_before,
+                reward_after=v.reward_after, judge_before=v.judge_before,
+                judge_after=v.judge_after, kl=v.kl, online_vs_base=_win_rate(v.online_vs_base),
+                online_vs_parent=_win_rate(v.online_vs_parent), pinned=v.pinned,
+                rolled_back=v.rolled_back, restores=v.restores,
+                rollback_reason=v.rollback_reason) for v in view.versions])
+
+    async def Rollback(self, request: pb.LifecycleRequest,
+                       context: grpc.aio.ServicerContext) -> pb.LifecycleResult:
+        return _result(await self._admin(context).rollback(request.user_id, request.version))
+
+    async def Pin(self, request: pb.LifecycleRequest,
+                  context: grpc.aio.ServicerContext) -> pb.LifecycleResult:
+        return _result(await self._admin(context).pin(request.user_id, request.version))
+
+    async def Unpin(self, request: pb.LifecycleRequest,
+                    context: grpc.aio.ServicerContext) -> pb.LifecycleResult:
+        return _result(await self._admin(context).unpin(request.user_id))
+
+    async def Reset(self, request: pb.LifecycleRequest,
+                    context: grpc.aio.ServicerContext) -> pb.LifecycleResult:
+        return _result(await self._admin(context).reset(request.user_id))
+
+
+def _result(out: LifecycleOutcome) -> pb.LifecycleResult:
+    return pb.LifecycleResult(user_id=out.user_id, served_version=out.served_version,
+                              pinned_version=out.control.pinned, reset=out.control.reset,
+                              changed=out.changed, detail=out.detail)
 
 
 def to_proto_status(view: UserStatusView) -> pb.UserStatus:

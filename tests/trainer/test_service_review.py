@@ -71,3 +71,23 @@ def test_a_user_without_an_adapter_gets_no_report(tmp_path: Path) -> None:
     feedback(svc, "bob", 1)
     assert svc.step() is True
     assert svc.store.read_status("bob") is None
+
+
+def test_a_pinned_or_reset_user_gets_no_turn_until_unpinned(tmp_path: Path) -> None:
+    from services.contract.store import UserControl
+
+    cfg = TrainerConfig(adapter_store=str(tmp_path / "store"), state_dir=str(tmp_path / "state"),
+                        metrics_port=0, schedule=ScheduleConfig(min_new_feedback=1, min_pairs=1))
+    svc = TrainerService(cfg)
+    svc.learner = FakeLearner()  # type: ignore[assignment]
+    svc.online = FakeReviewer(roll_back_at=100)  # type: ignore[assignment]
+    svc.ingest.assigned = frozenset({0, 1})
+    svc.offsets = Offsets()  # type: ignore[attr-defined]
+    feedback(svc, "alice", 0, n=2)
+    for control in (UserControl(pinned="v1"), UserControl(reset=True)):
+        svc.store.write_control("alice", control)
+        assert svc.step() is False
+        assert svc.learner.turns == [] and svc.online.reviews == []  # type: ignore[attr-defined]
+    svc.store.write_control("alice", UserControl())
+    assert svc.step() is True
+    assert svc.learner.turns == ["alice"], "unpinned: its feedback is still new"  # type: ignore[attr-defined]

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from services.contract.records import AdapterUpdateRecord
-from services.contract.store import AdapterStore
+from services.contract.store import AdapterStore, StaleParent
 
 Announce = Callable[[AdapterUpdateRecord], None]
 """Sends a record to the adapter-updates topic and returns once the broker has it."""
@@ -28,8 +28,10 @@ class Publisher:
         (the version it was trained from), announce it, and return the version.
 
         Raises the store's StaleParent, storing and announcing nothing, when
-        ``parent_version`` is no longer the user's latest version.
+        ``parent_version`` is no longer the user's latest version, or when an operator
+        pinned or reset the user (the store's control state).
         """
+        self._check_not_held(user_id, parent_version)
         manifest = self._store.publish(
             user_id, adapter_dir, self.model_id, parent_version,
             steps=steps, feedback_count=feedback_count,
@@ -47,15 +49,20 @@ class Publisher:
         ``replaces`` (the user's latest version; fenced like any publish): a rollback.
         The new version keeps ``version``'s training figures, adds ``metrics``, and
         its parent comparison arm is ``version``'s own."""
-        source = self._store.manifest(user_id, version)
-        kept = {k: v for k, v in source.metrics.items() if not k.startswith("online_")}
-        manifest = self._store.publish(
-            user_id, self._store.version_dir(user_id, version), self.model_id, replaces,
-            steps=source.steps, feedback_count=source.feedback_count,
-            reward_before=source.reward_before, reward_after=source.reward_after,
-            kl=source.kl, metrics={**kept, **metrics}, comparison_parent=source.parent_arm)
+        self._check_not_held(user_id, replaces)
+        manifest = self._store.restore(user_id, version, self.model_id, replaces=replaces,
+                                       metrics=dict(metrics))
         self._announce(AdapterUpdateRecord(
             user_id=user_id, version=manifest.version, sha256=manifest.sha256,
             base_model=manifest.base_model, created_at=time.time(),
             metrics={"rolled_back_from": replaces, "restores": version}))
         return manifest.version
+
+    def _check_not_held(self, user_id: str, parent_version: str) -> None:
+        """StaleParent when an operator holds the user (pinned or reset): the trainer
+        leaves the served version alone until it is unpinned."""
+        control = self._store.read_control(user_id)
+        if control.held:
+            raise StaleParent(user_id, parent_version,
+                              "reset to the base model" if control.reset
+                              else f"{control.pinned} (pinned)")

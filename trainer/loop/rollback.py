@@ -74,7 +74,8 @@ class OnlineReviewer:
         if not reason:
             return review
         manifest = self._store.manifest(user_id, latest)
-        if manifest.parent_arm != vs_parent.arm_version or manifest.metrics.get("pinned"):
+        if (manifest.parent_arm != vs_parent.arm_version
+                or self._store.read_control(user_id).held):  # an operator holds the user
             return review
         try:
             version = self._publisher.restore(

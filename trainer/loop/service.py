@@ -109,6 +109,11 @@ class TrainerService:
         self.metrics.users_tracked.set(self.journal.user_count())
         now = time.monotonic()
         owned = self.journal.trained_users(self.ingest.assigned)
+        # users an operator pinned or reset get no turn and no review (their feedback
+        # stays new until they are unpinned)
+        held = {u for u in set(pending) | owned if self.store.read_control(u).held}
+        pending = {u: n for u, n in pending.items() if u not in held}
+        owned -= held
         self._states = {u: s for u, s in self._states.items() if u in owned}
         states = {u: self._states.get(u, "training") for u in owned}
         self._quarantine = {u: q for u, q in self._quarantine.items()
