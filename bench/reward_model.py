@@ -1,110 +1,136 @@
-"""Reward-model training throughput (trainer/reward/model.py: frozen MiniLM + heads).
+"""The personal reward model: what it learns, per preference family, and what it costs.
 
-    python -m bench.reward_model          # about 1-2 min
+    python -m bench.reward_model                 # about 10 min on 2 cores
 
-Synthetic users rank short answers; the texts are distinct, so every embedding is
-computed once. Measured, each as a median of ``--repeats`` runs where cheap:
+One simulated user per preference family of ``demo.preferences`` (plus both poles of
+formality, which conflict) ranks ``--rankings`` sets of 3 varied candidate answers
+(``bench.answers``) with Bradley-Terry label noise. The model trains as the learner
+does: for each user, a turn of the shared part (everyone's examples) then the user's
+heads; finally every user's heads are refreshed. Reported, for each ``--tuned-layers``
+setting side by side (0 = the encoder frozen):
 
-1. encode: (prompt, completion) pairs through the frozen encoder into the cache;
-2. ``train_shared`` on ``--shared`` examples with a warm cache (the learner's
-   default cap), ``shared_epochs`` passes: examples x epochs per second;
-3. ``train_user`` on one user's ``--per-user`` examples (``user_epochs`` passes);
-4. ``score`` of a PPO rollout batch (``--batch`` new completions: encoder forward).
+1. held-out pairwise accuracy per user (split by prompt: held-out rankings never
+   trained on) of the policy head, the judge head and the shared model alone, with the
+   number of held-out pairs;
+2. cost: seconds of a turn's ``train_shared`` and ``train_user``, and of scoring a
+   rollout batch of new completions.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import time
 from typing import Any
 
 import torch
 
-from bench.common import median, settle, table, write_result
+from bench.answers import TOPICS, compose
+from bench.common import settle, table, write_result
+from demo.preferences import FAMILIES, PREFERENCES, Labeler, Preference
 from trainer.reward.config import RewardModelConfig
-from trainer.reward.data import PairExample
-from trainer.reward.model import PersonalRewardModel
+from trainer.reward.data import PairExample, split_heldout
+from trainer.reward.model import JUDGE, PersonalRewardModel
 
-WORDS = ["sleep", "tea", "walk", "early", "dark", "quiet", "phone", "screen", "bed", "warm",
-         "read", "breathe", "rest", "light", "routine", "water", "coffee", "noon", "stretch",
-         "music", "calm", "room", "cool", "window", "shower"]
+CANDIDATES = 3
 
 
-def sentence(rng: random.Random, n: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+def users() -> dict[str, Preference]:
+    """One pole of every family, and both poles of formality (a conflicting pair)."""
+    chosen = {}
+    for name, pref in PREFERENCES.items():
+        if pref.family.name not in {p.family.name for p in chosen.values()}:
+            chosen[name] = pref
+    chosen.setdefault("casual", PREFERENCES["casual"])
+    chosen.setdefault("formal", PREFERENCES["formal"])
+    return chosen
 
 
-def examples(users: int, per_user: int, seed: int = 0) -> dict[str, list[PairExample]]:
+def rankings(user: str, pref: Preference, n: int, noise: float,
+             seed: int) -> list[PairExample]:
+    """The user's pairs from ``n`` rankings of 3 candidates, preferred first."""
     rng = random.Random(seed)
-    return {f"user-{u}": [PairExample(f"user-{u}", f"Question {u}-{i}: {sentence(rng, 8)}",
-                                      sentence(rng, 12), sentence(rng, 30))
-                          for i in range(per_user)]
-            for u in range(users)}
+    labeler = Labeler(user, pref, noise=noise)
+    pairs = []
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)]
+        prompt = f"user: {topic.question}" + (f" ({i // len(TOPICS)})" if i >= len(TOPICS)
+                                              else "")
+        texts = list(dict.fromkeys(compose(topic, rng) for _ in range(CANDIDATES)))
+        order = labeler.rank(topic.question, texts, rng)
+        pairs += [PairExample(user, prompt, texts[a], texts[b])
+                  for k, a in enumerate(order) for b in order[k + 1:]]
+    return pairs
+
+
+def run(tuned_layers: int, data: dict[str, list[PairExample]], batch: int,
+        ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    cfg = RewardModelConfig(tuned_layers=tuned_layers)
+    rm = PersonalRewardModel(cfg)
+    everyone = [p for pairs in data.values() for p in pairs]
+    shared_s, user_s = [], []
+    for user, pairs in data.items():  # a turn of each user, as the learner runs them
+        shared_s.append(rm.train_shared(everyone).seconds)
+        user_s.append(rm.train_user(user, pairs).seconds)
+    rows = []
+    for user, pairs in data.items():  # every user's heads refreshed on the final encoder
+        m = rm.train_user(user, pairs)
+        held = split_heldout(pairs, cfg.heldout_fraction, cfg.seed)[1]
+        rows.append({"user": user, "family": PREFERENCES[user].family.name,
+                     "kind": PREFERENCES[user].kind, "pairs": len(pairs),
+                     "heldout_pairs": m.n_heldout_pairs, "personal": m.heldout_accuracy,
+                     "judge": rm.pairwise_accuracy(user, held, part=JUDGE),
+                     "shared": m.heldout_accuracy_shared})
+    rng = random.Random(1)
+    start = time.perf_counter()
+    rm.score(next(iter(data)), ["user: " + TOPICS[0].question] * batch,
+             [compose(TOPICS[0], rng) + " " + str(i) for i in range(batch)])
+    cost = {"train_shared_s": statistics.median(shared_s),
+            "train_user_s": statistics.median(user_s),
+            "score_batch_s": time.perf_counter() - start}
+    return rows, cost
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shared", type=int, default=2048, help="examples in train_shared")
-    p.add_argument("--per-user", type=int, default=64, help="examples in train_user")
+    p.add_argument("--rankings", type=int, default=40, help="rankings of 3 per user")
+    p.add_argument("--noise", type=float, default=0.3, help="labeler Gumbel noise scale")
+    p.add_argument("--tuned-layers", default="0,2", help="settings compared side by side")
     p.add_argument("--batch", type=int, default=8, help="completions per score call")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (1: the trainer's setting in the local stack)")
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="")
     args = p.parse_args()
     settle()
     torch.set_num_threads(args.threads)
-    cfg = RewardModelConfig()
-    rm = PersonalRewardModel(cfg)
-    users = examples(max(1, args.shared // args.per_user), args.per_user)
-    everyone = [e for ex in users.values() for e in ex][:args.shared]
-    rows: list[dict[str, Any]] = []
+    prefs = users()
+    data = {u: rankings(u, pref, args.rankings, args.noise, seed=i)
+            for i, (u, pref) in enumerate(prefs.items())}
+    results: dict[str, Any] = {}
+    for layers in (int(x) for x in args.tuned_layers.split(",")):
+        rows, cost = run(layers, data, args.batch)
+        results[f"tuned_layers={layers}"] = {"users": rows, "cost": cost}
+    settings = list(results)
+    head = ["user", "family", "kind", "held-out pairs"] + [
+        f"{s.split('=')[1]} layers: {part}" for s in settings
+        for part in ("personal", "judge", "shared")]
+    body = []
+    for i, user in enumerate(data):
+        row = results[settings[0]]["users"][i]
+        body.append([user, row["family"], row["kind"], row["heldout_pairs"]] + [
+            _f(results[s]["users"][i][part]) for s in settings
+            for part in ("personal", "judge", "shared")])
+    print(table(head, body))
+    print(table(["setting", "train_shared s", "train_user s", f"score {args.batch} s"],
+                [[s, results[s]["cost"]["train_shared_s"], results[s]["cost"]["train_user_s"],
+                  results[s]["cost"]["score_batch_s"]] for s in settings]))
+    write_result("reward_model", vars(args) | {"families": len(FAMILIES)}, results,
+                 args.out or None)
 
-    # 1. encode (cold cache): 2 texts per pair
-    start = time.perf_counter()
-    rm.encoder.embed([e.prompt for e in everyone] * 2,
-                     [e.chosen for e in everyone] + [e.rejected for e in everyone])
-    secs = time.perf_counter() - start
-    rows.append({"step": "encode (frozen MiniLM, cold cache)", "items": 2 * len(everyone),
-                 "unit": "sequences", "seconds": secs, "per_s": 2 * len(everyone) / secs})
 
-    # 2. train_shared with a warm cache
-    shared = [rm.train_shared(everyone) for _ in range(args.repeats)]
-    secs = median([m.seconds for m in shared])
-    work = shared[0].n_train * shared[0].epochs
-    rows.append({"step": f"train_shared ({shared[0].n_train} ex x {shared[0].epochs} epochs)",
-                 "items": work, "unit": "examples", "seconds": secs, "per_s": work / secs,
-                 "steps": shared[0].steps})
-
-    # 3. train_user (the user's texts are already cached)
-    user, mine = next(iter(users.items()))
-    personal = [rm.train_user(user, mine) for _ in range(args.repeats)]
-    secs = median([m.seconds for m in personal])
-    work = personal[0].n_train * personal[0].epochs
-    rows.append({"step": f"train_user ({personal[0].n_train} ex x {personal[0].epochs} epochs)",
-                 "items": work, "unit": "examples", "seconds": secs, "per_s": work / secs,
-                 "steps": personal[0].steps})
-
-    # 4. score a rollout batch of new completions
-    rng = random.Random(1)
-    times = []
-    for _ in range(args.repeats):
-        completions = [sentence(rng, 36) for _ in range(args.batch)]
-        start = time.perf_counter()
-        rm.score(user, [mine[0].prompt] * args.batch, completions)
-        times.append(time.perf_counter() - start)
-    secs = median(times)
-    rows.append({"step": f"score a rollout batch ({args.batch} new completions)",
-                 "items": args.batch, "unit": "completions", "seconds": secs,
-                 "per_s": args.batch / secs})
-    print(table(["step", "items", "seconds", "per second"],
-                [[r["step"], f"{r['items']:,} {r['unit']}", r["seconds"], r["per_s"]]
-                 for r in rows]))
-    write_result("reward_model", vars(args) | {"embedding_cache_size": cfg.embedding_cache_size,
-                                               "batch_size": cfg.batch_size},
-                 {"rows": rows}, args.out or None)
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 if __name__ == "__main__":
