@@ -83,6 +83,8 @@ class StackHandle:
     """Seconds from launch to SERVING."""
     metrics_url: str
     """The server's Prometheus endpoint."""
+    http_url: str = ""
+    """The server's OpenAI-compatible HTTP API (``http://host:port``)."""
 
     def metric(self, name: str) -> float:
         """Sum of a server metric's samples named exactly ``name`` (all label sets)."""
@@ -103,11 +105,11 @@ def private_stack(model: str, *, trainer: bool = False, env: dict[str, str] | No
         root = keep_dir or Path(tmp)
         state, store = root / "state", root / "store"
         state.mkdir(parents=True, exist_ok=True)
-        port, broker, metrics = free_port(), free_port(), free_port()
+        port, broker, metrics, http = free_port(), free_port(), free_port(), free_port()
         args = ["--model", model,
                 "--broker-port", str(broker), "--port", str(port),
                 "--metrics-port", str(metrics), "--trainer-metrics-port", str(free_port()),
-                "--http-port", str(free_port()),
+                "--http-port", str(http),
                 "--adapter-store", str(store), "--state-dir", str(state)]
         if not trainer:
             args.append("--no-trainer")
@@ -118,7 +120,7 @@ def private_stack(model: str, *, trainer: bool = False, env: dict[str, str] | No
                          cwd=REPO) as proc:
             yield StackHandle(target, f"127.0.0.1:{broker}", AdapterStore(store), state, proc,
                               Path(model).resolve().name, time.monotonic() - started,
-                              f"http://127.0.0.1:{metrics}/metrics")
+                              f"http://127.0.0.1:{metrics}/metrics", f"http://127.0.0.1:{http}")
 
 
 # --- synthetic adapters ---------------------------------------------------------------------
