@@ -3,15 +3,16 @@
     python -m bench.reward_model                 # about 10 min on 2 cores
 
 One simulated user per preference family of ``demo.preferences`` (plus both poles of
-formality, which conflict) ranks ``--rankings`` sets of 3 varied candidate answers
+formality, which conflict) ranks ``--rankings`` sets of ``--candidates`` varied answers
 (``bench.answers``) with Bradley-Terry label noise. The model trains as the learner
 does: for each user, a turn of the shared part (everyone's examples) then the user's
 heads; finally every user's heads are refreshed. Reported, for each ``--tuned-layers``
 setting side by side (0 = the encoder frozen):
 
 1. held-out pairwise accuracy per user (split by prompt: held-out rankings never
-   trained on) of the policy head, the judge head and the shared model alone, with the
-   number of held-out pairs;
+   trained on) of the policy head, the judge head and the shared model alone, judged by
+   the user's noise-free preference on the held-out pairs it decides (ties left out),
+   with the number of such pairs;
 2. cost: seconds of a turn's ``train_shared`` and ``train_user``, and of scoring a
    rollout batch of new completions.
 """
@@ -33,8 +34,6 @@ from trainer.reward.config import RewardModelConfig
 from trainer.reward.data import PairExample, split_heldout
 from trainer.reward.model import JUDGE, PersonalRewardModel
 
-CANDIDATES = 3
-
 
 def users() -> dict[str, Preference]:
     """One pole of every family, and both poles of formality (a conflicting pair)."""
@@ -47,9 +46,10 @@ def users() -> dict[str, Preference]:
     return chosen
 
 
-def rankings(user: str, pref: Preference, n: int, noise: float,
+def rankings(user: str, pref: Preference, n: int, candidates: int, noise: float,
              seed: int) -> list[PairExample]:
-    """The user's pairs from ``n`` rankings of 3 candidates, preferred first."""
+    """The user's pairs from ``n`` noisy rankings of ``candidates`` answers, preferred
+    first."""
     rng = random.Random(seed)
     labeler = Labeler(user, pref, noise=noise)
     pairs = []
@@ -57,11 +57,23 @@ def rankings(user: str, pref: Preference, n: int, noise: float,
         topic = TOPICS[i % len(TOPICS)]
         prompt = f"user: {topic.question}" + (f" ({i // len(TOPICS)})" if i >= len(TOPICS)
                                               else "")
-        texts = list(dict.fromkeys(compose(topic, rng) for _ in range(CANDIDATES)))
+        texts = list(dict.fromkeys(compose(topic, rng) for _ in range(candidates)))
         order = labeler.rank(topic.question, texts, rng)
         pairs += [PairExample(user, prompt, texts[a], texts[b])
                   for k, a in enumerate(order) for b in order[k + 1:]]
     return pairs
+
+
+def decided(pref: Preference, pairs: list[PairExample]) -> list[PairExample]:
+    """The pairs the noise-free preference decides, oriented its way."""
+    out = []
+    for p in pairs:
+        question = p.prompt.removeprefix("user: ").split(" (")[0]
+        chosen, rejected = pref.score(question, p.chosen), pref.score(question, p.rejected)
+        if chosen != rejected:
+            out.append(p if chosen > rejected else
+                       PairExample(p.user_id, p.prompt, p.rejected, p.chosen, p.weight))
+    return out
 
 
 def run(tuned_layers: int, data: dict[str, list[PairExample]], batch: int,
@@ -76,12 +88,14 @@ def run(tuned_layers: int, data: dict[str, list[PairExample]], batch: int,
     rows = []
     for user, pairs in data.items():  # every user's heads refreshed on the final encoder
         m = rm.train_user(user, pairs)
-        held = split_heldout(pairs, cfg.heldout_fraction, cfg.seed)[1]
+        held = decided(PREFERENCES[user],
+                       split_heldout(pairs, cfg.heldout_fraction, cfg.seed)[1])
         rows.append({"user": user, "family": PREFERENCES[user].family.name,
                      "kind": PREFERENCES[user].kind, "pairs": len(pairs),
-                     "heldout_pairs": m.n_heldout_pairs, "personal": m.heldout_accuracy,
+                     "heldout_pairs": len(held), "turn_accuracy": m.heldout_accuracy,
+                     "personal": rm.pairwise_accuracy(user, held),
                      "judge": rm.pairwise_accuracy(user, held, part=JUDGE),
-                     "shared": m.heldout_accuracy_shared})
+                     "shared": rm.pairwise_accuracy(user, held, personal=False)})
     rng = random.Random(1)
     start = time.perf_counter()
     rm.score(next(iter(data)), ["user: " + TOPICS[0].question] * batch,
@@ -95,7 +109,8 @@ def run(tuned_layers: int, data: dict[str, list[PairExample]], batch: int,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rankings", type=int, default=40, help="rankings of 3 per user")
+    p.add_argument("--rankings", type=int, default=40, help="rankings per user")
+    p.add_argument("--candidates", type=int, default=4, help="answers per ranking")
     p.add_argument("--noise", type=float, default=0.3, help="labeler Gumbel noise scale")
     p.add_argument("--tuned-layers", default="0,2", help="settings compared side by side")
     p.add_argument("--batch", type=int, default=8, help="completions per score call")
@@ -105,14 +120,14 @@ def main() -> None:
     settle()
     torch.set_num_threads(args.threads)
     prefs = users()
-    data = {u: rankings(u, pref, args.rankings, args.noise, seed=i)
+    data = {u: rankings(u, pref, args.rankings, args.candidates, args.noise, seed=i)
             for i, (u, pref) in enumerate(prefs.items())}
     results: dict[str, Any] = {}
     for layers in (int(x) for x in args.tuned_layers.split(",")):
         rows, cost = run(layers, data, args.batch)
         results[f"tuned_layers={layers}"] = {"users": rows, "cost": cost}
     settings = list(results)
-    head = ["user", "family", "kind", "held-out pairs"] + [
+    head = ["user", "family", "kind", "decided held-out pairs"] + [
         f"{s.split('=')[1]} layers: {part}" for s in settings
         for part in ("personal", "judge", "shared")]
     body = []

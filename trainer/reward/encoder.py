@@ -163,7 +163,7 @@ class TextEncoder:
         """Pooled embeddings (B, H). With ``grad`` the top layers run with gradients (on
         cached lower states); without, rows come from the pooled cache where possible."""
         keys: list[CacheKey] = list(zip(prompts, completions, strict=True))
-        if grad:
+        if grad and self.top:  # a frozen encoder has no gradient to carry: use the cache
             return self._embed_keys(keys)
         missing = sorted(dict.fromkeys(k for k in keys if k not in self._pooled),
                          key=lambda k: len(k[0]) + len(k[1]))  # batch similar lengths
@@ -213,7 +213,7 @@ class TextEncoder:
         for key, row in fresh.items():
             self._states.put(key, row)
         longest = max(r.shape[0] for r in rows)
-        states = torch.zeros(len(rows), longest, self.hidden_size, device=self.device)
+        states = torch.zeros(len(rows), longest, rows[0].shape[-1], device=self.device)
         mask = torch.zeros(len(rows), longest, dtype=torch.long, device=self.device)
         for i, row in enumerate(rows):
             states[i, : row.shape[0]] = row
