@@ -19,6 +19,17 @@ class RecordError(ValueError):
     """A record that cannot be parsed (it goes to the dead-letter topic)."""
 
 
+def json_object(raw: str | bytes, error: type[ValueError]) -> dict[str, Any]:
+    """``raw`` parsed as a JSON object; ``error`` (with the reason) for anything else."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise error("not a JSON object")
+    return body
+
+
 @dataclass(frozen=True)
 class Record:
     """Base: (de)serialisation shared by every record type."""
@@ -31,12 +42,7 @@ class Record:
 
     @classmethod
     def from_json(cls: type[T], raw: bytes) -> T:
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RecordError(f"not JSON: {exc}") from exc
-        if not isinstance(body, dict):
-            raise RecordError("not a JSON object")
+        body = json_object(raw, RecordError)
         if body.get("schema_version") != SCHEMA_VERSION:
             raise RecordError(f"unsupported schema_version {body.get('schema_version')!r}")
         if body.get("type") != cls.TYPE:

@@ -12,6 +12,8 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from services.contract.records import json_object
+
 STATUS_SCHEMA_VERSION = 2
 
 
@@ -104,12 +106,7 @@ class TrainerReport:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> TrainerReport:
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StatusError(f"not JSON: {exc}") from exc
-        if not isinstance(body, dict):
-            raise StatusError("not a JSON object")
+        body = json_object(raw, StatusError)
         if body.pop("schema_version", None) != STATUS_SCHEMA_VERSION:
             raise StatusError("unsupported schema_version")
         names = {f.name for f in dataclasses.fields(cls)}
