@@ -101,7 +101,7 @@ class TextEncoder:
         self.cache_size = cache_size
         self.tuned_layers = tuned_layers
         layers = encoder_layers(backbone) if tuned_layers else nn.ModuleList()
-        if tuned_layers > len(layers) and tuned_layers:
+        if tuned_layers > len(layers):
             raise ValueError(f"tuned_layers {tuned_layers} > the encoder's {len(layers)}")
         self.split = len(layers) - tuned_layers
         """Index of the first trained layer (the cached states are its input)."""
@@ -197,8 +197,19 @@ class TextEncoder:
         hidden = self.backbone(**batch).last_hidden_state  # (B, T, H)
         return self._pool(hidden, batch["attention_mask"])
 
-    def _lower_states(self, keys: list[CacheKey]) -> tuple[Tensor, Tensor]:
-        """The frozen lower layers' output for ``keys``, right-padded: (B, T, H), (B, T)."""
+    def warm(self, prompts: Sequence[str], completions: Sequence[str]) -> None:
+        """Fill the cache a training step reads: the lower layers' states when the top
+        layers train (their pooled output would be stale after the step), else the
+        pooled embeddings."""
+        if not self.top:
+            self.embed(prompts, completions)
+            return
+        keys = list(zip(prompts, completions, strict=True))
+        for key, row in self._encode_lower(keys).items():
+            self._states.put(key, row)
+
+    def _encode_lower(self, keys: list[CacheKey]) -> dict[CacheKey, Tensor]:
+        """The frozen lower layers' output (T_i, H) of the distinct keys not cached."""
         missing = [k for k in dict.fromkeys(keys) if k not in self._states]
         fresh: dict[CacheKey, Tensor] = {}
         with torch.no_grad():
@@ -209,6 +220,11 @@ class TextEncoder:
                 states = out.hidden_states[self.split]  # (b, T, H) input of the first top layer
                 for i, key in enumerate(chunk):
                     fresh[key] = states[i, : int(batch["attention_mask"][i].sum())]  # (T_i, H)
+        return fresh
+
+    def _lower_states(self, keys: list[CacheKey]) -> tuple[Tensor, Tensor]:
+        """The frozen lower layers' output for ``keys``, right-padded: (B, T, H), (B, T)."""
+        fresh = self._encode_lower(keys)
         rows = [fresh[k] if k in fresh else self._states.get_row(k) for k in keys]
         for key, row in fresh.items():
             self._states.put(key, row)

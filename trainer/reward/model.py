@@ -135,7 +135,7 @@ class PersonalRewardModel:
         items, held = split_heldout([*pairs, *thumbs], cfg.heldout_fraction, cfg.seed)
         held_pairs = [e for e in held if isinstance(e, PairExample)]
         # 2. a bounded number of steps on random minibatches, shared head + top layers
-        encode_s, steps, losses = self._warm(items), 0, [float("nan")]
+        encode_s, steps, losses = self._warm(items, pooled=False), 0, [float("nan")]
         params = [*self.shared_head.parameters(), *self.encoder.trainable_parameters()]
         groups = [{"params": list(self.shared_head.parameters()), "lr": cfg.shared_lr}]
         if self.encoder.trainable_parameters():
@@ -178,7 +178,7 @@ class PersonalRewardModel:
         # 1. held-out split by prompt, then the two disjoint folds of the rest
         items, held = split_heldout([*pairs, *thumbs], cfg.heldout_fraction, cfg.seed)
         held_pairs = [e for e in held if isinstance(e, PairExample)]
-        encode_s = self._warm(items)
+        encode_s = self._warm(items, pooled=True)
         epochs, steps, losses = 0, 0, []
         # 2. each head on its fold: shared reward + residual, L2 toward the shared model
         for part in (POLICY, JUDGE):
@@ -260,10 +260,16 @@ class PersonalRewardModel:
             loss = loss + len(thumbs) * thumbs_loss(r[2 * n_p:], label, weight)
         return loss / len(batch)
 
-    def _warm(self, items: Sequence[Example]) -> float:
-        """Fill the caches for ``items`` in large batches, once; seconds it took."""
+    def _warm(self, items: Sequence[Example], pooled: bool) -> float:
+        """Fill the caches for ``items`` in large batches, once; seconds it took. The heads
+        train on pooled embeddings (``pooled``); the shared step only reads lower-layer
+        states, so pooling the whole sample through the top layers it is about to change
+        would be wasted."""
         start = time.perf_counter()
-        self.head_inputs(*_texts(items))
+        if pooled:
+            self.head_inputs(*_texts(items))
+        else:
+            self.encoder.warm(*_texts(items))
         return time.perf_counter() - start
 
     # --- rewards -------------------------------------------------------------------------
