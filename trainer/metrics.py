@@ -75,6 +75,8 @@ class TrainerMetrics:
             p + "online_win_rate_vs_base", "A user's online win rate of the served version "
             "against the base model, observed when the user's comparisons change.",
             buckets=_UNIT, registry=r)
+        self.erasures = Counter(p + "erasures_applied", "User erasures carried out (state "
+                                "and store files of the user deleted).", registry=r)
         self.rollbacks = Counter(p + "rollbacks", "Served versions rolled back to their parent "
                                  "after losing to it online.", registry=r)
         for arm in ("base", "parent"):

@@ -10,8 +10,10 @@
     personalize admin pin --user alice --version v3
     personalize admin unpin --user alice
     personalize admin reset --user alice           # serve the base model
+    personalize erase --user alice --yes           # delete the user's data (own token
+                                                   # or admin token)
 
-With auth on, chat, status and admin take --token (or PERSONALIZE_TOKEN).
+With auth on, chat, status, admin and erase take --token (or PERSONALIZE_TOKEN).
 """
 
 from __future__ import annotations
@@ -124,6 +126,17 @@ def admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def erase(args: argparse.Namespace) -> int:
+    """Erase the user; refuses without --yes (it cannot be undone)."""
+    if not args.yes:
+        print(f"error: erasing {args.user!r} deletes their adapters and training data for "
+              "good; add --yes to confirm", file=sys.stderr)
+        return 2
+    with AssistantClient(args.server, token=args.token) as client:
+        print(client.erase(args.user))
+    return 0
+
+
 def token(args: argparse.Namespace) -> int:
     """Print a token signed with the server's secret (PERSONALIZE_SERVER_AUTH_*)."""
     from services.contract import config as config_mod
@@ -179,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         _client_flags(op)
         if name in ("rollback", "pin"):
             op.add_argument("--version", required=True, help="e.g. v3")
+    e = sub.add_parser("erase", help="delete a user's adapters and training data (own "
+                       "token or admin token)")
+    _client_flags(e)
+    e.add_argument("--yes", action="store_true", help="confirm: it cannot be undone")
     sub.add_parser("up", help="run the embedded stack (same as personalize-stack)",
                    add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -191,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "admin":
             return admin(args)
+        if args.command == "erase":
+            return erase(args)
         return chat(args) if args.command == "chat" else status(args)
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)

@@ -172,3 +172,10 @@ class AssistantClient:
         """Serve the user the base model (their data and versions are kept)."""
         return self._stub().Reset(pb.LifecycleRequest(user_id=user_id),
                                   timeout=self._timeout, metadata=self._metadata)
+
+    def erase(self, user_id: str) -> pb.EraseResult:
+        """Erase the user's adapters, status, reward heads, policy state and training data
+        (an admin token, or the user's own). Feedback on answers served before it is then
+        refused with FAILED_PRECONDITION."""
+        return self._stub().Erase(pb.LifecycleRequest(user_id=user_id),
+                                  timeout=self._timeout, metadata=self._metadata)

@@ -107,6 +107,30 @@ class FeedbackRecord(Record):
 
 
 @dataclass(frozen=True)
+class ErasureRecord(Record):
+    """A user's data is erased (topic ``feedback``, keyed by the user like the user's
+    feedback, so it is ordered after every feedback record it erases).
+
+    The tombstone a trainer honours whenever it reads the topic, also when it rebuilds
+    its journal from the beginning: it drops the user's feedback before it, the user's
+    generations created up to ``erased_at``, and every per-user parameter it holds."""
+
+    TYPE = "erasure"
+    erasure_id: str
+    user_id: str
+    erased_at: float
+    """Unix seconds (the server's clock) of the erasure."""
+    requested_by: str
+    """"admin" (an operator's token), "self" (the user's own token) or "open" (auth off)."""
+
+
+def parse_feedback_topic(raw: bytes) -> FeedbackRecord | ErasureRecord:
+    """A record of the ``feedback`` topic: feedback or a user's erasure (by ``type``)."""
+    body_type = json_object(raw, RecordError).get("type")
+    return (ErasureRecord if body_type == ErasureRecord.TYPE else FeedbackRecord).from_json(raw)
+
+
+@dataclass(frozen=True)
 class AdapterUpdateRecord(Record):
     """A newly published adapter version (topic ``adapter-updates``).
 
@@ -122,8 +146,8 @@ class AdapterUpdateRecord(Record):
     created_at: float
     metrics: dict[str, Any] = field(default_factory=dict)
     control: bool = False
-    """An operator changed the user's control state (pin, unpin, reset): every replica
-    re-reads ``<store>/<user_id>/control.json`` and serves what it says."""
+    """An operator changed the user's control state (pin, unpin, reset, erase): every
+    replica re-reads ``<store>/<user_id>/control.json`` and serves what it says."""
 
 
 @dataclass(frozen=True)

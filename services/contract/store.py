@@ -60,6 +60,28 @@ class StaleParent(Exception):
         self.latest = latest
 
 
+class Erased(StaleParent):
+    """A publish (or status) refused because the user's data was erased after the data
+    the candidate was trained on: it must not bring anything of the user back."""
+
+    def __init__(self, user_id: str, known: float, erased_at: float) -> None:
+        Exception.__init__(self, f"user {user_id}: erased at {erased_at:.3f}, after the data "
+                                 f"this was trained on (erasure known: {known:.3f})")
+        self.user_id = user_id
+        self.parent_version = ""
+        self.latest = ""
+
+
+@dataclass(frozen=True)
+class ErasedFiles:
+    """What :meth:`AdapterStore.erase` deleted."""
+
+    versions: tuple[str, ...]
+    status: bool
+    control: bool
+    """A pin or reset was lifted."""
+
+
 @dataclass(frozen=True)
 class AdapterManifest:
     """What the trainer records next to each adapter version."""
@@ -99,6 +121,12 @@ class UserControl:
     """The user is served the base model (reset); their data and versions are kept."""
     updated_at: float = 0.0
     """Unix seconds of the operation that wrote it."""
+    erased_at: float = 0.0
+    """Unix seconds of the user's latest erasure (0: never erased). What was trained on
+    data up to then is never published or reported (a tombstone, not personal data)."""
+    erased_through: int = 0
+    """The highest version number the erasure deleted: version numbers go on after it,
+    so no replica mistakes a new adapter for an erased one."""
 
     @property
     def held(self) -> bool:
@@ -153,17 +181,7 @@ class AdapterStore:
     def versions(self, user_id: str) -> list[str]:
         """Complete versions of a user, oldest first."""
         udir = self.user_dir(user_id)
-        if not udir.is_dir():
-            return []
-        found = []
-        for child in udir.iterdir():
-            try:
-                number = version_number(child.name)
-            except InvalidArgument:
-                continue
-            if (child / MANIFEST_FILE).is_file():
-                found.append((number, child.name))
-        return [name for _, name in sorted(found)]
+        return [v for v in self._all_versions(udir) if (udir / v / MANIFEST_FILE).is_file()]
 
     def latest(self, user_id: str) -> str | None:
         versions = self.versions(user_id)
@@ -211,16 +229,21 @@ class AdapterStore:
         return manifest
 
     def publish(self, user_id: str, adapter_dir: Path, base_model: str, parent_version: str,
-                **manifest_fields: Any) -> AdapterManifest:
+                known_erasure: float | None = None, **manifest_fields: Any) -> AdapterManifest:
         """Copy a PEFT adapter directory in, atomically, as the successor of
         ``parent_version`` (the version it was trained from; "" for none).
 
         Raises StaleParent, leaving the store unchanged, when ``parent_version`` is
         not the user's latest version, also when a concurrent publisher from the
-        same parent renamed its version into place first.
+        same parent renamed its version into place first; and :class:`Erased` when
+        the user was erased after ``known_erasure`` (the latest erasure the
+        candidate's training data postdates; None: not checked, e.g. a restore of
+        stored weights).
         """
-        version = f"v{version_number(parent_version) + 1 if parent_version else 1}"
         self._check_parent(user_id, parent_version)
+        self._check_erasure(user_id, known_erasure)
+        floor = self.read_control(user_id).erased_through
+        version = f"v{max(version_number(parent_version) if parent_version else 0, floor) + 1}"
         udir = self.user_dir(user_id)
         udir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=udir, prefix=".staging-"))
@@ -236,6 +259,7 @@ class AdapterStore:
             _atomic_write(staging / MANIFEST_FILE, json.dumps(dataclasses.asdict(manifest)))
             _fsync_dir(staging)
             self._check_parent(user_id, parent_version)  # copying took a while
+            self._check_erasure(user_id, known_erasure)
             try:
                 os.rename(staging, udir / version)
             except OSError as exc:
@@ -256,12 +280,23 @@ class AdapterStore:
         if latest != parent_version:
             raise StaleParent(user_id, parent_version, latest)
 
+    def _check_erasure(self, user_id: str, known_erasure: float | None) -> None:
+        if known_erasure is None:
+            return
+        erased_at = self.read_control(user_id).erased_at
+        if erased_at > known_erasure:
+            raise Erased(user_id, known_erasure, erased_at)
+
     def update_metrics(self, user_id: str, version: str, metrics: dict[str, Any]) -> None:
         """Merge ``metrics`` into a published version's manifest (atomically; the weights
         and their sha256 are untouched). The trainer keeps a served version's online win
-        rates there."""
+        rates there. A version erased meanwhile is left alone."""
         path = self.version_dir(user_id, version) / MANIFEST_FILE
-        body = json.loads(path.read_text())
+        try:
+            body = json.loads(path.read_text())
+        except FileNotFoundError:
+            log.info("not updating %s/%s: it is gone (erased)", user_id, version)
+            return
         body["metrics"] = {**body.get("metrics", {}), **metrics}
         _atomic_write(path, json.dumps(body))
 
@@ -295,11 +330,64 @@ class AdapterStore:
         _atomic_write(udir / CONTROL_FILE, json.dumps(dataclasses.asdict(control)))
         _fsync_dir(udir)
 
-    def write_status(self, user_id: str, report: TrainerReport) -> None:
-        """The trainer's per-user report, read by GetUserStatus on any replica."""
+    def write_status(self, user_id: str, report: TrainerReport,
+                     known_erasure: float | None = None) -> bool:
+        """The trainer's per-user report, read by GetUserStatus on any replica. Not
+        written (False) when the user was erased after ``known_erasure`` (the latest
+        erasure the report's data postdates; None: not checked)."""
+        try:
+            self._check_erasure(user_id, known_erasure)
+        except Erased as exc:
+            log.info("status not written: %s", exc)
+            return False
         udir = self.user_dir(user_id)
         udir.mkdir(parents=True, exist_ok=True)
         _atomic_write(udir / STATUS_FILE, report.to_json())
+        return True
+
+    def erase(self, user_id: str, erased_at: float) -> ErasedFiles:
+        """Delete the user's versions, status and hold, keeping a tombstone in
+        ``control.json`` (``erased_at``, ``erased_through``) that fences every later
+        publish and status trained on older data. Idempotent; an older ``erased_at``
+        than the stored one keeps the newer. The tombstone is written first, so a
+        crash half-way leaves files that a repeat (by a server or the trainer) deletes.
+        """
+        udir = self.user_dir(user_id)
+        before = self.read_control(user_id)
+        versions = self._all_versions(udir)
+        through = max([before.erased_through, *(version_number(v) for v in versions)])
+        self.write_control(user_id, UserControl(
+            updated_at=time.time(), erased_at=max(erased_at, before.erased_at),
+            erased_through=through))
+        for name in versions:
+            shutil.rmtree(udir / name, ignore_errors=True)
+        for child in udir.iterdir():  # staging left by a publish that crashed or raced
+            if child.name.startswith(".staging-"):
+                shutil.rmtree(child, ignore_errors=True)
+        status = udir / STATUS_FILE
+        had_status = status.exists()
+        status.unlink(missing_ok=True)
+        _fsync_dir(udir)
+        log.info("erased user %s: versions %s%s", user_id, ", ".join(versions) or "none",
+                 ", status" if had_status else "")
+        return ErasedFiles(tuple(versions), had_status, before.held)
+
+    def erased_at(self, user_id: str) -> float:
+        """Unix seconds of the user's latest erasure (0.0: never erased)."""
+        return self.read_control(user_id).erased_at
+
+    @staticmethod
+    def _all_versions(udir: Path) -> list[str]:
+        """Every version directory (complete or not), by number."""
+        if not udir.is_dir():
+            return []
+        found = []
+        for child in udir.iterdir():
+            try:
+                found.append((version_number(child.name), child.name))
+            except InvalidArgument:
+                continue
+        return [name for _, name in sorted(found)]
 
     def read_status(self, user_id: str) -> TrainerReport | None:
         """The user's latest report; None when there is none or it does not parse."""

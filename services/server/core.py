@@ -43,6 +43,11 @@ class AssistantCore:
     async def submit_feedback(self, params: FeedbackParams) -> FeedbackResult:
         return await self.feedback.submit(params)
 
+    def forget_user(self, user_id: str) -> None:
+        """Drop this process's counters of an erased user."""
+        self._served.pop(user_id, None)
+        self.feedback.accepted.pop(user_id, None)
+
     def user_status(self, user_id: str) -> UserStatusView:
         validate_user_id(user_id)
         return UserStatusView(

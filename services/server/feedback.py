@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.contract.config import KafkaConfig
-from services.contract.errors import DomainError, InvalidArgument
+from services.contract.errors import DomainError, FailedPrecondition, InvalidArgument
 from services.contract.records import FeedbackRecord
 from services.server.kafka_io import DurableProducer
 from services.server.metrics import ServerMetrics
@@ -25,11 +26,14 @@ class FeedbackResult:
 
 class FeedbackService:
     def __init__(self, kafka: KafkaConfig, producer: DurableProducer, signer: ResponseSigner,
-                 metrics: ServerMetrics) -> None:
+                 metrics: ServerMetrics,
+                 erased_at: Callable[[str], float] = lambda _user: 0.0) -> None:
         self._kafka = kafka
         self._producer = producer
         self._signer = signer
         self._metrics = metrics
+        self._erased_at = erased_at
+        """Unix seconds of a user's latest erasure this replica knows of (0.0: none)."""
         self.accepted: Counter[str] = Counter()
 
     async def submit(self, params: FeedbackParams) -> FeedbackResult:
@@ -51,7 +55,12 @@ class FeedbackService:
             raise InvalidArgument("ranking mixes responses of different prompts")
         if len({ref.candidate_index for ref in refs}) != len(refs):
             raise InvalidArgument("ranking names the same candidate twice")
-        # 3. durable write; OK only after the broker's acknowledgement
+        # 3. nothing served before the user's data was erased comes back through feedback
+        erased_at = self._erased_at(params.user_id)
+        if erased_at and min(ref.issued_at_ms for ref in refs) <= erased_at * 1000:
+            raise FailedPrecondition("the rated response was served before the user's data "
+                                     "was erased; rate answers served since")
+        # 4. durable write; OK only after the broker's acknowledgement
         record = FeedbackRecord(
             feedback_id=params.feedback_id or uuid.uuid4().hex, user_id=params.user_id,
             labeler_id=params.labeler_id, kind=params.kind,

@@ -3,6 +3,9 @@
 Fed by the store scan at start, the ``adapter-updates`` topic while running,
 and a periodic rescan that backs the topic up. A version that fails
 verification or loading is refused and the user keeps the last good one.
+An erased user (the store's tombstone, ``UserControl.erased_at``) is forgotten:
+adapters unloaded, per-user counters dropped (``on_erased`` listeners), and the
+feedback of answers served before the erasure is refused (``erased_at``).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from services.contract.errors import DomainError
@@ -35,6 +38,16 @@ class AdapterManager:
         self._registry = AdapterRegistry()
         self._refused: set[tuple[str, str]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._erased: dict[str, float] = {}
+        self._erase_listeners: list[Callable[[str], None]] = []
+
+    def on_erased(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(user_id)`` when this replica learns that a user was erased."""
+        self._erase_listeners.append(listener)
+
+    def erased_at(self, user_id: str) -> float:
+        """Unix seconds of the user's latest erasure this replica knows of (0.0: none)."""
+        return self._erased.get(user_id, 0.0)
 
     def version_of(self, user_id: str) -> str:
         return self._registry.version_of(user_id)
@@ -96,6 +109,8 @@ class AdapterManager:
         otherwise the newest good version (e.g. after an unpin)."""
         validate_user_id(user_id)
         control = await asyncio.to_thread(self._store.read_control, user_id)
+        if control.erased_at > self.erased_at(user_id):
+            await self._forget(user_id, control.erased_at)
         if control.reset:
             async with self._locks.setdefault(user_id, asyncio.Lock()):
                 for done in self._registry.remove(user_id):
@@ -106,6 +121,19 @@ class AdapterManager:
             if not self._registry.is_newer(user_id, version) or await self.install(user_id,
                                                                                      version):
                 return
+
+    async def _forget(self, user_id: str, erased_at: float) -> None:
+        """The user was erased: unload its adapters and drop what this replica keeps."""
+        async with self._locks.setdefault(user_id, asyncio.Lock()):
+            for done in self._registry.remove(user_id):
+                await self._unload(done)
+            self._refused = {(u, v) for u, v in self._refused if u != user_id}
+            self._erased[user_id] = erased_at
+        for listener in self._erase_listeners:
+            listener(user_id)
+        self._metrics.active_adapters.set(self._registry.active)
+        log.info("user %s was erased: serving the base model, per-user state dropped",
+                 user_id)
 
     def _verify(self, user_id: str, version: str) -> AdapterManifest:
         return self._store.verify(user_id, version, self._engine.model_id, self._max_rank,
@@ -156,10 +184,15 @@ class AdapterManager:
             log.warning("ignored adapter update: %s", exc)
 
     async def scan(self) -> int:
-        """Install the newest good version of every user in the store."""
+        """Install the newest good version of every user in the store, after applying
+        any erasure this replica missed (an erased user's directory holds its
+        tombstone)."""
         installed = 0
         users = await asyncio.to_thread(self._store.users)
         for user_id in users:
+            erased_at = await asyncio.to_thread(self._store.erased_at, user_id)
+            if erased_at > self.erased_at(user_id):
+                await self._forget(user_id, erased_at)
             for version in reversed(await asyncio.to_thread(self._store.versions, user_id)):
                 if not self._registry.is_newer(user_id, version):
                     break

@@ -9,24 +9,33 @@ operation then announces a control record on ``adapter-updates`` so every replic
 serves what the store says within the hot-swap bound, and applies it here at once.
 
 Every operation is idempotent: repeating one finds it done and changes nothing.
+
+Erase is the one operation the trainers must also carry out: its tombstone goes on the
+``feedback`` topic, keyed by the user and so ordered after every feedback record of the
+user, and each trainer drops the user's data and parameters when it reads it, also
+when it rebuilds its journal from the topics (trainer/ingest/journal.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from services.contract.errors import FailedPrecondition, NotFound, Unavailable
 from services.contract.ids import validate_user_id, validate_version
-from services.contract.records import AdapterUpdateRecord
+from services.contract.records import AdapterUpdateRecord, ErasureRecord
 from services.contract.status import OnlineWinRate
 from services.contract.store import AdapterManifest, AdapterStore, StaleParent, UserControl
 from services.server.hot_swap import AdapterManager
+from services.server.kafka_io import Ack
 
 Announce = Callable[[AdapterUpdateRecord], Awaitable[object]]
 """Sends a record to ``adapter-updates``; returns once the broker acknowledged it."""
+WriteTombstone = Callable[[ErasureRecord], Awaitable[Ack]]
+"""Sends an erasure to ``feedback`` (keyed by its user); returns the broker's ack."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,23 @@ class LifecycleOutcome:
     detail: str
 
 
+@dataclass(frozen=True)
+class EraseOutcome:
+    """What an erasure deleted here, and where its tombstone is."""
+
+    user_id: str
+    erased_at: float
+    deleted_versions: tuple[str, ...]
+    deleted_status: bool
+    lifted_hold: bool
+    """A pin or reset was lifted with the rest."""
+    tombstone_partition: int
+    tombstone_offset: int
+    changed: bool
+    """False when the store held nothing of the user (e.g. a repeat)."""
+    detail: str
+
+
 def _win_rate(raw: object) -> OnlineWinRate:
     return OnlineWinRate(**raw) if isinstance(raw, dict) else OnlineWinRate()
 
@@ -90,11 +116,12 @@ def version_view(m: AdapterManifest, control: UserControl, rolled_back: bool) ->
 
 class LifecycleService:
     def __init__(self, store: AdapterStore, adapters: AdapterManager, announce: Announce,
-                 model_id: str) -> None:
+                 model_id: str, write_tombstone: WriteTombstone | None = None) -> None:
         self._store = store
         self._adapters = adapters
         self._announce = announce
         self._model_id = model_id
+        self._write_tombstone = write_tombstone
 
     # --- reads -------------------------------------------------------------------------
     def versions(self, user_id: str) -> VersionsView:
@@ -164,6 +191,31 @@ class LifecycleService:
             return await self._done(user_id, False, "already reset")
         self._write(user_id, UserControl(reset=True, updated_at=time.time()))
         return await self._done(user_id, True, "reset to the base model")
+
+    async def erase(self, user_id: str, requested_by: str) -> EraseOutcome:
+        """Erase the user: the tombstone first (durable on the broker: the trainers drop
+        the user's journal rows, reward-model heads, policy state and status when they
+        read it, also on a rebuild from the topics), then the store's versions, status
+        and hold, then every replica is told to serve the base model. Repeating it is
+        harmless (a second tombstone; nothing left to delete here)."""
+        validate_user_id(user_id)
+        if self._write_tombstone is None:
+            raise FailedPrecondition("erasure needs the feedback topic; not enabled here")
+        erased_at = time.time()
+        ack = await self._write_tombstone(ErasureRecord(
+            erasure_id=uuid.uuid4().hex, user_id=user_id, erased_at=erased_at,
+            requested_by=requested_by))
+        files = await asyncio.to_thread(self._store.erase, user_id, erased_at)
+        changed = bool(files.versions or files.status or files.control)
+        parts = [f"versions {', '.join(files.versions)}" if files.versions else "no versions",
+                 "the status" if files.status else "no status"]
+        if files.control:
+            parts.append("the pin or reset")
+        done = await self._done(user_id, changed, "deleted " + ", ".join(parts) + (
+            f"; tombstone at feedback partition {ack.partition} offset {ack.offset}: each "
+            "trainer drops the user's data and parameters when it reads it"))
+        return EraseOutcome(user_id, erased_at, files.versions, files.status, files.control,
+                            ack.partition, ack.offset, changed, done.detail)
 
     # --- helpers -----------------------------------------------------------------------
     def _serves_weights_of(self, user_id: str, latest: str, version: str) -> bool:

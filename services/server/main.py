@@ -68,12 +68,15 @@ class AssistantServer:
         self.core = AssistantCore(
             GenerationService(cfg, self.engine, self.adapters, self.producer, signer,
                               self.metrics, replica),
-            FeedbackService(cfg.kafka, self.producer, signer, self.metrics),
+            FeedbackService(cfg.kafka, self.producer, signer, self.metrics,
+                            self.adapters.erased_at),
             self.adapters, self.store)
+        self.adapters.on_erased(self.core.forget_user)
         self.lifecycle = LifecycleService(
             self.store, self.adapters,
             lambda r: self.producer.send(cfg.kafka.adapter_updates_topic, r.user_id, r.to_json()),
-            self.engine.model_id)
+            self.engine.model_id,
+            lambda r: self.producer.send(cfg.kafka.feedback_topic, r.user_id, r.to_json()))
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._server: grpc.aio.Server | None = None

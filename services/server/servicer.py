@@ -8,11 +8,11 @@ import grpc
 
 from personalize.v1 import assistant_pb2 as pb
 from personalize.v1 import assistant_pb2_grpc as pb_grpc
-from services.contract.auth import Authenticator
+from services.contract.auth import Authenticator, Caller
 from services.contract.errors import FailedPrecondition
 from services.contract.status import OnlineWinRate
 from services.server.core import AssistantCore, UserStatusView
-from services.server.lifecycle import LifecycleOutcome, LifecycleService
+from services.server.lifecycle import EraseOutcome, LifecycleOutcome, LifecycleService
 from services.server.validation import Message, validate_feedback, validate_generate
 
 
@@ -70,6 +70,9 @@ class AssistantServicer(pb_grpc.AssistantServicer):
     # --- lifecycle operations (admin token) ---------------------------------------------
     def _admin(self, context: grpc.aio.ServicerContext) -> LifecycleService:
         self._auth.check_admin(context.invocation_metadata())
+        return self._lifecycle_service()
+
+    def _lifecycle_service(self) -> LifecycleService:
         if self._lifecycle is None:
             raise FailedPrecondition("lifecycle operations are not enabled on this server")
         return self._lifecycle
@@ -105,11 +108,33 @@ class AssistantServicer(pb_grpc.AssistantServicer):
                     context: grpc.aio.ServicerContext) -> pb.LifecycleResult:
         return _result(await self._admin(context).reset(request.user_id))
 
+    async def Erase(self, request: pb.LifecycleRequest,
+                    context: grpc.aio.ServicerContext) -> pb.EraseResult:
+        """An admin token, or the user's own: a user may erase themself."""
+        caller = self._auth.check(context.invocation_metadata(), request.user_id)
+        lifecycle = self._lifecycle_service()
+        return _erase_result(await lifecycle.erase(request.user_id, requested_by(caller)))
+
 
 def _result(out: LifecycleOutcome) -> pb.LifecycleResult:
     return pb.LifecycleResult(user_id=out.user_id, served_version=out.served_version,
                               pinned_version=out.control.pinned, reset=out.control.reset,
                               changed=out.changed, detail=out.detail)
+
+
+def requested_by(caller: Caller) -> str:
+    """How an erasure was authorised, for its tombstone."""
+    if not caller.subject:
+        return "open"
+    return "admin" if caller.admin else "self"
+
+
+def _erase_result(out: EraseOutcome) -> pb.EraseResult:
+    return pb.EraseResult(
+        user_id=out.user_id, erased_at=out.erased_at, deleted_versions=out.deleted_versions,
+        deleted_status=out.deleted_status, lifted_hold=out.lifted_hold,
+        tombstone_partition=out.tombstone_partition, tombstone_offset=out.tombstone_offset,
+        changed=out.changed, detail=out.detail)
 
 
 def to_proto_status(view: UserStatusView) -> pb.UserStatus:

@@ -169,3 +169,95 @@ def test_sdk_and_cli_lifecycle_calls(replicas, capsys: pytest.CaptureFixture[str
     assert main(["admin", "rollback", *flags, "--version", "v1"]) == 1
     assert "error: NOT_FOUND" in capsys.readouterr().err
     assert main(["admin", "unpin", *flags]) == 0
+
+
+def test_erase_across_replicas(replicas, tiny_model_dir: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A user erases themself on replica A: both replicas serve the base model, forget
+    the user's counters and refuse feedback on answers served before; the store keeps
+    only the tombstone, which is also on the feedback topic; a later publish trained on
+    older data is refused, a new one is served; a replica started later knows it all."""
+    from services.client.cli import main
+    from services.contract.store import Erased
+    from tests.support.topics import read_topic
+    from trainer.loop.publish import Publisher
+
+    servers, kafka, store_dir, a, b = replicas
+    tokens, user = Tokens(), f"er-{uuid.uuid4().hex[:6]}"
+    store, req = AdapterStore(store_dir), pb.LifecycleRequest
+    own_a, own_b = Authed(stub_of(a), tokens(user)), Authed(stub_of(b), tokens(user))
+    adapter = make_adapter(tiny_model_dir, tmp_path / "a1", seed=1)
+    for _ in range(2):
+        publish(store, kafka.bootstrap_servers, kafka.adapter_updates_topic, user, adapter,
+                a.engine.model_id)
+    before = {srv: wait_for_version(own, user, "v2") for srv, own in ((a, own_a), (b, own_b))}
+    own_a.SubmitFeedback(pb.FeedbackRequest(user_id=user, thumbs=pb.Thumbs(
+        response_id=before[a].response_ids[0], up=True)))
+    assert own_a.GetUserStatus(pb.UserStatusRequest(user_id=user)).feedback_accepted == 1
+
+    # another user's token may not; no token is unauthenticated
+    assert code(lambda: Authed(stub_of(a), tokens("someone-else")).Erase(req(user_id=user))) \
+        == grpc.StatusCode.PERMISSION_DENIED
+    assert code(lambda: stub_of(a).Erase(req(user_id=user), timeout=10)) \
+        == grpc.StatusCode.UNAUTHENTICATED
+    assert code(lambda: own_a.Erase(req(user_id="bad/../id"))) in (
+        grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED)
+
+    out = own_a.Erase(req(user_id=user))
+    assert list(out.deleted_versions) == ["v1", "v2"] and out.changed and not out.lifted_hold
+    assert "tombstone at feedback partition" in out.detail
+    assert sorted(p.name for p in store.user_dir(user).iterdir()) == ["control.json"]
+    tombstones = [r for r in read_topic(
+        kafka.bootstrap_servers, kafka.feedback_topic,
+        lambda rs: any(r["value"]["type"] == "erasure" and r["value"]["user_id"] == user
+                       for r in rs)) if r["value"]["type"] == "erasure"
+        and r["value"]["user_id"] == user]
+    assert [(t["partition"], t["offset"], t["value"]["requested_by"]) for t in tombstones] \
+        == [(out.tombstone_partition, out.tombstone_offset, "self")]
+
+    # every replica: the base model, no counters, feedback on old answers refused
+    for srv, own in ((a, own_a), (b, own_b)):
+        until(lambda o=own: greedy(o, user).finished[0].adapter_version == "",
+              "the erasure reaches every replica")
+        status = own.GetUserStatus(pb.UserStatusRequest(user_id=user))
+        assert (status.adapter_version, status.feedback_accepted) == ("", 0)
+        assert code(lambda o=own, s=srv: o.SubmitFeedback(pb.FeedbackRequest(
+            user_id=user, thumbs=pb.Thumbs(response_id=before[s].response_ids[0], up=True)))) \
+            == grpc.StatusCode.FAILED_PRECONDITION
+    fresh = greedy(own_b, user)  # answers served since may be rated
+    own_b.SubmitFeedback(pb.FeedbackRequest(user_id=user, thumbs=pb.Thumbs(
+        response_id=fresh.response_ids[0], up=False)))
+
+    # idempotent (here by an operator); a candidate trained before it is refused
+    admin = Authed(stub_of(b), tokens("ops", admin=True))
+    again = admin.Erase(req(user_id=user))
+    assert (list(again.deleted_versions), again.changed) == ([], False)
+    erased_at = store.erased_at(user)
+    assert erased_at == pytest.approx(again.erased_at)
+    publisher = Publisher(store, lambda r: None, a.engine.model_id)
+    with pytest.raises(Erased):
+        publisher.publish(user, adapter, parent_version="", steps=1, feedback_count=1,
+                          reward_before=0, reward_after=0, kl=0, metrics={},
+                          known_erasure=out.erased_at)
+    # trained since: numbering goes on past the erased versions, every replica serves it
+    version = publish(store, kafka.bootstrap_servers, kafka.adapter_updates_topic, user,
+                      adapter, a.engine.model_id).version
+    assert version == "v3"
+    for own in (own_a, own_b):
+        wait_for_version(own, user, "v3")
+    late = servers.start(kafka, store_dir, auth=AUTH)
+    own_late = Authed(stub_of(late), tokens(user))
+    wait_for_version(own_late, user, "v3")
+    assert code(lambda: own_late.SubmitFeedback(pb.FeedbackRequest(user_id=user, thumbs=pb.Thumbs(
+        response_id=before[a].response_ids[0], up=True)))) == grpc.StatusCode.FAILED_PRECONDITION
+    servers.stop(late)
+
+    # the SDK and the CLI (which asks for --yes)
+    with AssistantClient(f"127.0.0.1:{a.port}", token=Tokens().token(user)) as client:
+        assert list(client.erase(user).deleted_versions) == ["v3"]
+    flags = ["--user", user, "--server", f"127.0.0.1:{a.port}", "--token",
+             Tokens().token(user)]
+    assert main(["erase", *flags]) == 2
+    assert "--yes" in capsys.readouterr().err
+    assert main(["erase", *flags, "--yes"]) == 0
+    assert f"user_id: \"{user}\"" in capsys.readouterr().out

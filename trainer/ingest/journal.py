@@ -8,6 +8,13 @@ nothing acknowledged is lost and nothing is counted twice (feedback is also
 unique by (user_id, feedback_id), so a client's retry is used once). A
 partition the journal has never seen is read from the beginning, which
 rebuilds the state after a rebalance or on a new host.
+
+An erasure (a tombstone on the feedback topic, after every feedback record it
+erases) deletes the user's rows in the same transaction and is remembered, so a
+generation served before it that arrives later is not stored either; a rebuild
+from the topics meets the tombstone again and ends the same. Deleted rows are
+overwritten (``secure_delete``) and the write-ahead log is truncated once the
+trainer has dropped the user's in-memory state (``mark_erasure_applied``).
 """
 
 from __future__ import annotations
@@ -20,7 +27,14 @@ from pathlib import Path
 
 from services.contract.errors import InvalidArgument
 from services.contract.ids import validate_user_id
-from services.contract.records import FeedbackRecord, GenerationRecord, Record, RecordError
+from services.contract.records import (
+    ErasureRecord,
+    FeedbackRecord,
+    GenerationRecord,
+    Record,
+    RecordError,
+    parse_feedback_topic,
+)
 from trainer.data.preferences import FeedbackEvent
 
 _SCHEMA = """
@@ -38,6 +52,8 @@ CREATE TABLE IF NOT EXISTS positions (
 CREATE TABLE IF NOT EXISTS trained (user_id TEXT PRIMARY KEY, through_seq INTEGER NOT NULL,
   at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS erasures (user_id TEXT PRIMARY KEY, erased_at REAL NOT NULL,
+  applied INTEGER NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -73,6 +89,7 @@ class Journal:
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA secure_delete=ON")  # an erased user's rows are overwritten
         self._db.executescript(_SCHEMA)
         if (not self._db.execute("SELECT 1 FROM users LIMIT 1").fetchone()
                 and self._db.execute("SELECT 1 FROM feedback LIMIT 1").fetchone()):
@@ -104,15 +121,19 @@ class Journal:
             for r in batch:
                 record = parsed.get((r.topic, r.partition, r.offset))
                 if isinstance(record, GenerationRecord):
-                    cur.execute("INSERT OR IGNORE INTO generations VALUES (?, ?, ?, ?)",
-                                (record.response_id, record.user_id, record.group_id,
-                                 r.value.decode()))
+                    # one served before its user's erasure is never stored
+                    if record.created_at > self._erased_at(cur, record.user_id):
+                        cur.execute("INSERT OR IGNORE INTO generations VALUES (?, ?, ?, ?)",
+                                    (record.response_id, record.user_id, record.group_id,
+                                     r.value.decode()))
                 elif isinstance(record, FeedbackRecord):
                     cur.execute("INSERT OR IGNORE INTO feedback (user_id, feedback_id, partition,"
                                 " body, state, received_at) VALUES (?, ?, ?, ?, 'pending', ?)",
                                 (record.user_id, record.feedback_id, r.partition,
                                  r.value.decode(), now))
                     cur.execute("INSERT OR IGNORE INTO users VALUES (?)", (record.user_id,))
+                elif isinstance(record, ErasureRecord):
+                    _erase(cur, record)
                 cur.execute(
                     "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT (topic, partition) "
                     "DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)",
@@ -133,8 +154,9 @@ class Journal:
                 if r.topic == self._gen_topic:
                     record: Record = GenerationRecord.from_json(r.value)
                 elif r.topic == self._fb_topic:
-                    record = FeedbackRecord.from_json(r.value)
-                    _to_event(record)  # validates the feedback's shape
+                    record = parse_feedback_topic(r.value)
+                    if isinstance(record, FeedbackRecord):
+                        _to_event(record)  # validates the feedback's shape
                 else:
                     dead.append(DeadLetter(r, f"unexpected topic {r.topic}"))
                     continue
@@ -176,6 +198,30 @@ class Journal:
                         [(seq,) for seq, _, _ in rows])
         cur.execute("COMMIT")
         return [(user, body) for _, user, body in rows]
+
+    @staticmethod
+    def _erased_at(cur: sqlite3.Cursor | sqlite3.Connection, user_id: str) -> float:
+        row = cur.execute("SELECT erased_at FROM erasures WHERE user_id = ?",
+                          (user_id,)).fetchone()
+        return 0.0 if row is None else float(row[0])
+
+    def erased_at(self, user_id: str) -> float:
+        """Unix seconds of the user's latest erasure read from the topic (0.0: none):
+        what a turn's data postdates, so the store refuses what it would publish if a
+        later erasure happened meanwhile."""
+        return self._erased_at(self._db, user_id)
+
+    def erasures_to_apply(self) -> list[tuple[str, float]]:
+        """(user, erased_at) of erasures whose in-memory part is not yet done."""
+        return [(u, float(t)) for u, t in self._db.execute(
+            "SELECT user_id, erased_at FROM erasures WHERE applied = 0 ORDER BY erased_at")]
+
+    def mark_erasure_applied(self, user_id: str, erased_at: float) -> None:
+        """The trainer dropped the user's state for the erasure at ``erased_at``; the
+        write-ahead log, which may still hold the deleted rows, is truncated."""
+        self._db.execute("UPDATE erasures SET applied = 1 WHERE user_id = ? AND erased_at = ?",
+                         (user_id, erased_at))
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def positions(self) -> dict[tuple[str, int], int]:
         return {(t, p): o for t, p, o in self._db.execute("SELECT * FROM positions")}
@@ -240,6 +286,24 @@ class Journal:
         out = {state: n for state, n in rows}
         out["generations"] = self._db.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
         return out
+
+
+def _erase(cur: sqlite3.Cursor, record: ErasureRecord) -> None:
+    """Delete the user's rows: all its feedback (the tombstone follows every feedback
+    record of the user in the partition) and its generations served up to the erasure
+    (later ones may already be here: the generations topic is read independently)."""
+    user = record.user_id
+    cur.execute("DELETE FROM feedback WHERE user_id = ?", (user,))
+    rows = cur.execute("SELECT response_id, body FROM generations WHERE user_id = ?",
+                       (user,)).fetchall()
+    cur.executemany("DELETE FROM generations WHERE response_id = ?",
+                    [(rid,) for rid, body in rows
+                     if GenerationRecord.from_json(body.encode()).created_at <= record.erased_at])
+    cur.execute("DELETE FROM trained WHERE user_id = ?", (user,))
+    cur.execute("DELETE FROM users WHERE user_id = ?", (user,))
+    cur.execute("INSERT INTO erasures VALUES (?, ?, 0) ON CONFLICT (user_id) DO UPDATE SET "
+                "erased_at = MAX(erased_at, excluded.erased_at), applied = 0",
+                (user, record.erased_at))
 
 
 def _to_event(record: FeedbackRecord) -> FeedbackEvent:

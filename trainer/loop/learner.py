@@ -79,7 +79,7 @@ class Learner:
         self._cfg = cfg
         self._store = store
         self._metrics = metrics
-        self._state = Path(cfg.state_dir)
+        self._heads_dir = Path(cfg.state_dir) / "reward-heads"
         self.model_id = cfg.policy_model_id or Path(cfg.policy_model).resolve().name
         self._publisher = Publisher(store, announce, self.model_id)
         # what the shared reward head trains on: a bounded sample of everyone's examples
@@ -100,18 +100,38 @@ class Learner:
     # -- lazily loaded models ---------------------------------------------------------------
     def _models(self) -> tuple[PersonalRewardModel, PPOTrainer]:
         if self._rm is None or self._ppo is None:
-            heads = self._state / "reward-heads"
-            heads.mkdir(parents=True, exist_ok=True)
+            self._heads_dir.mkdir(parents=True, exist_ok=True)
             rm = PersonalRewardModel(
                 self._cfg.reward,
-                user_source=lambda u: (heads / f"{u}.safetensors") if (
-                    heads / f"{u}.safetensors").exists() else None,
-                on_evict=lambda u: rm.save_user(u, heads / f"{u}.safetensors"))
+                user_source=lambda u: self._head_file(u) if self._head_file(u).exists()
+                else None,
+                on_evict=lambda u: rm.save_user(u, self._head_file(u)))
             pool = PolicyPool.from_pretrained(self._cfg.policy_model, self._cfg.ppo,
                                               adapter_source=self._latest_adapter)
             pool.add_evict_hook(lambda u: self._served.pop(u, None))  # reloads the published
             self._rm, self._ppo = rm, PPOTrainer(pool, self._cfg.ppo)
         return self._rm, self._ppo
+
+    def _head_file(self, user_id: str) -> Path:
+        """Where an evicted user's reward heads are kept between turns."""
+        return self._heads_dir / f"{user_id}.safetensors"
+
+    def forget(self, user_id: str) -> None:
+        """Drop everything this process holds of an erased user: its reward heads (in
+        memory and on disk), its examples in the shared reward model's sample, every
+        cached encoding (they may hold its texts), and its policy adapter, value head,
+        optimiser and progress. The shared reward model keeps no example of the user
+        from now on; what its earlier steps learnt from the user is not unlearnt (it
+        fades as it trains on the others; docs/operations.md)."""
+        for kept in (self._fits, self._served, self._parents):
+            kept.pop(user_id, None)
+        self._shared.remove(user_id)
+        self._head_file(user_id).unlink(missing_ok=True)
+        if self._rm is not None:
+            self._rm.users.forget(user_id)
+            self._rm.encoder.clear_cache()
+        if self._ppo is not None:
+            self._ppo.forget(user_id)
 
     def _latest_adapter(self, user_id: str) -> Path | None:
         """The pool's adapter source: the user's latest version, recorded as the parent."""
@@ -139,12 +159,14 @@ class Learner:
     # -- the turn ---------------------------------------------------------------------------
     def turn(self, user_id: str, ex: UserExamples,
              should_stop: Callable[[], bool] = lambda: False,
-             refit_reward: bool = True) -> TurnResult:
+             refit_reward: bool = True, known_erasure: float = 0.0) -> TurnResult:
         """One turn; ``should_stop`` is checked between PPO iterations and once more
         before publishing (e.g. shutdown, or the user's partition was revoked), and an
         interrupted turn publishes nothing (it is simply run again later).
         ``refit_reward=False`` (no new data) reuses the user's fitted reward heads,
-        unless this process has not fitted them yet."""
+        unless this process has not fitted them yet. ``known_erasure``: the user's
+        latest erasure ``ex`` postdates; the store refuses the candidate when the user
+        was erased after it (the turn is then dropped like a fenced one)."""
         start = time.perf_counter()
         self._metrics.pairs.inc(len(ex.data.pairs))
         if len(ex.pairs) + len(ex.thumbs) < self._cfg.schedule.min_pairs:
@@ -192,7 +214,7 @@ class Learner:
                                       self._cfg.publish, served)
         if should_stop():  # e.g. the partition moved during the gate: publish nothing
             return TurnResult(user_id, "interrupted", interrupted=True)
-        result = self._decide(user_id, ex, steps, old, new, ppo)
+        result = self._decide(user_id, ex, steps, old, new, ppo, known_erasure)
         result = replace(result, rm_accuracy=personal.heldout_accuracy,
                          rm_accuracy_shared=personal.heldout_accuracy_shared,
                          rm_accuracy_judge=personal.heldout_accuracy_judge,
@@ -224,7 +246,7 @@ class Learner:
             steps=m.steps, kl_coef=float(m.metrics.get("kl_coef", self._cfg.ppo.kl_coef))))
 
     def _decide(self, user_id: str, ex: UserExamples, steps: int, old: AdapterSample,
-                new: AdapterSample, ppo: PPOTrainer) -> TurnResult:
+                new: AdapterSample, ppo: PPOTrainer, known_erasure: float) -> TurnResult:
         judged = verdict(self._cfg.publish, steps, old, new)
         result = TurnResult(user_id, judged.decision, "", old.optimised, new.optimised, new.kl,
                             steps=steps, judge_before=old.judge, judge_after=new.judge)
@@ -240,7 +262,8 @@ class Learner:
                     steps=progress.steps, feedback_count=ex.feedback_events,
                     reward_before=old.optimised, reward_after=new.optimised, kl=new.kl,
                     metrics={"kl_coef": progress.kl_coef, "turn_steps": steps,
-                             "judge_before": old.judge, "judge_after": new.judge})
+                             "judge_before": old.judge, "judge_after": new.judge},
+                    known_erasure=known_erasure)
             except StaleParent as exc:
                 log.warning("publish fenced, turn dropped: %s", exc)
                 self._metrics.publish_fenced.inc()

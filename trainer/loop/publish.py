@@ -23,17 +23,19 @@ class Publisher:
 
     def publish(self, user_id: str, adapter_dir: Path, *, parent_version: str, steps: int,
                 feedback_count: int, reward_before: float, reward_after: float, kl: float,
-                metrics: Mapping[str, float]) -> str:
+                metrics: Mapping[str, float], known_erasure: float = 0.0) -> str:
         """Store the adapter in ``adapter_dir`` as the successor of ``parent_version``
         (the version it was trained from), announce it, and return the version.
 
         Raises the store's StaleParent, storing and announcing nothing, when
         ``parent_version`` is no longer the user's latest version, or when an operator
-        pinned or reset the user (the store's control state).
+        pinned or reset the user (the store's control state); and its Erased when the
+        user was erased after ``known_erasure`` (the latest erasure the training data
+        postdates).
         """
         self._check_not_held(user_id, parent_version)
         manifest = self._store.publish(
-            user_id, adapter_dir, self.model_id, parent_version,
+            user_id, adapter_dir, self.model_id, parent_version, known_erasure,
             steps=steps, feedback_count=feedback_count,
             reward_before=reward_before, reward_after=reward_after, kl=kl,
             metrics=dict(metrics))

@@ -94,6 +94,11 @@ class OnlineReviewer:
         return OnlineReview(OnlineWinRate(version=version), OnlineWinRate(version=version),
                             note, version)
 
+    def forget(self, user_id: str) -> None:
+        """Drop what this reviewer keeps of an erased user."""
+        for kept in (self._counted, self._observed, self._rollbacks):
+            kept.pop(user_id, None)
+
     def _count(self, user_id: str, comps: Sequence[Comparison]) -> None:
         """Aggregate counters by arm and outcome: what is new since the last review."""
         now = Counter((c.arm, c.outcome) for c in comps)

@@ -10,7 +10,9 @@ new (not yet due) feedback still has its served version reviewed online (rollbac
 so that a rollback does not wait for a training turn. SIGTERM/SIGINT stop it
 between PPO iterations, and so does the revocation of the user's partition
 (rebalance); a turn that raises quarantines its user with backoff instead of
-ending the process.
+ending the process. Before each pick, the erasures the ingest thread journaled are
+carried out: the user's state in this process and its files in the store go, and
+the replicas are told to serve the base model.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ class TrainerService:
         counted, and the user is quarantined with exponential backoff
         (schedule.py) while the others keep training.
         """
+        self._apply_erasures()
         pending = self.journal.pending_users(self.ingest.assigned)
         self.metrics.users_tracked.set(self.journal.user_count())
         now = time.monotonic()
@@ -139,6 +142,30 @@ class TrainerService:
         self.metrics.users_quarantined.set(len(self._quarantine))
         return True
 
+    def _apply_erasures(self) -> None:
+        """Forget each user whose erasure the journal holds but this process has not
+        carried out: its rows are already gone from the journal (the same transaction
+        as the tombstone); here go its parameters and schedule state, and its store
+        files again (idempotent: a version a turn published while the erasure was on
+        its way is deleted too)."""
+        for user, erased_at in self.journal.erasures_to_apply():
+            self.learner.forget(user)
+            self.online.forget(user)
+            for kept in (self._last_trained, self._quarantine, self._states, self._reviewed):
+                kept.pop(user, None)
+            try:
+                files = self.store.erase(user, erased_at)
+                self._announce(AdapterUpdateRecord(
+                    user_id=user, version="", sha256="", base_model=self.learner.model_id,
+                    created_at=time.time(), control=True))
+            except Exception:  # the store or broker failing: tried again next step
+                log.exception("user %s: erasure not finished; retrying", user)
+                continue
+            self.journal.mark_erasure_applied(user, erased_at)
+            self.metrics.erasures.inc()
+            log.info("user %s: erased (store: %d versions%s deleted here)", user,
+                     len(files.versions), ", status" if files.status else "")
+
     def _turn(self, user: str, oldest_new: float | None) -> None:
         """The user's turn; stopped between PPO iterations (and before publishing) on
         shutdown or when the user's partition is no longer this process's.
@@ -148,13 +175,15 @@ class TrainerService:
         (feedback that arrived meanwhile stays new for the next turn)."""
         partition = self.journal.partition_of(user)
         self._reviewed.pop(user, None)
+        known_erasure = self.journal.erased_at(user)  # before the data it postdates
         joined = self.journal.joined(user)
         online = self.online.review(user, joined)  # may roll the served version back
         ex = build_examples(user, joined, self.cfg.preferences,
                             self.cfg.reward.heldout_fraction, self.cfg.reward.seed)
         result = self.learner.turn(user, ex, lambda: (self.stop_event.is_set()
                                                       or not self.ingest.owns(partition)),
-                                   refit_reward=oldest_new is not None)
+                                   refit_reward=oldest_new is not None,
+                                   known_erasure=known_erasure)
         if result.interrupted:
             self.metrics.turns_interrupted.inc()
             log.info("user %s: %s%s; turn dropped", user, result.decision,
@@ -166,7 +195,7 @@ class TrainerService:
         report = online.annotate(self.learner.status(user, ex, result))
         self.store.write_status(user, replace(
             report, ppo_steps_total=result.ppo_total_steps, ppo_max_steps=ppo.max_steps,
-            reward_threshold=ppo.reward_threshold, training_state=state))
+            reward_threshold=ppo.reward_threshold, training_state=state), known_erasure)
         if oldest_new is not None:
             self.journal.mark_trained(user, ex.through_seq)
         self._last_trained[user] = time.monotonic()
@@ -188,13 +217,14 @@ class TrainerService:
             self._reviewed[user] = n
             reviewed = True
             try:
+                known_erasure = self.journal.erased_at(user)
                 online = self.online.review(user, self.journal.joined(user))
                 previous = self.store.read_status(user)
                 if previous is None and not (online.rollback or online.vs_base.version):
                     continue  # nothing to report of a user without an adapter
                 report = previous or empty_report()
                 self.store.write_status(user, replace(online.annotate(report),
-                                                      updated_at=time.time()))
+                                                      updated_at=time.time()), known_erasure)
             except Exception:  # a review failing must not end the loop
                 log.exception("user %s: online review failed", user)
         return reviewed
@@ -207,7 +237,8 @@ class TrainerService:
             decision = f"failed: {error}; next try in {wait_s:.0f} s"
             if previous is not None:
                 self.store.write_status(user, replace(previous, last_publish_decision=decision,
-                                                      updated_at=time.time()))
+                                                      updated_at=time.time()),
+                                        self.journal.erased_at(user))
         except Exception:  # the store itself failing must not end the loop either
             log.warning("user %s: status not written", user, exc_info=True)
 

@@ -72,6 +72,12 @@ class PPOTrainer:
         """The user's cumulative step count and KL coefficient."""
         return self._progress.get(user_id, UserProgress(steps=0, kl_coef=self.config.kl_coef))
 
+    def forget(self, user_id: str) -> None:
+        """Drop everything of an erased user: adapter, value head, optimiser, progress."""
+        self.pool.forget(user_id)
+        self._optimizers.pop(user_id, None)
+        self._progress.pop(user_id, None)
+
     def set_progress(self, user_id: str, progress: UserProgress) -> None:
         """Restore a user's progress (e.g. from a published adapter's manifest)."""
         self._progress[user_id] = progress

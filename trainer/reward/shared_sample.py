@@ -65,6 +65,10 @@ class SharedSample:
         if self._size > self.max_total:
             self._trim()
 
+    def remove(self, user_id: str) -> None:
+        """Drop the user's examples (an erased user)."""
+        self._size -= len(self._by_user.pop(user_id, []))
+
     def examples(self) -> tuple[list[PairExample], list[ThumbExample]]:
         """(pairs, thumbs) of the sample, users in insertion order."""
         items = [e for entries in self._by_user.values() for _, e in entries]

@@ -101,6 +101,10 @@ class UserHeadPool:
         del self._heads[user_id]
         logger.debug("evicted reward head of user %s", user_id)
 
+    def forget(self, user_id: str) -> None:
+        """Drop a user's head without ``on_evict`` (an erased user: nothing is saved)."""
+        self._heads.pop(user_id, None)
+
     def state_dict(self, user_id: str) -> dict[str, Tensor]:
         """A CPU copy of a resident user's head: weight (2, H), bias (2,), n_examples (2,)."""
         head = self._heads[user_id]
