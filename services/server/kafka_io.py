@@ -5,6 +5,7 @@ follower thread for broadcast topics. Speaks only the Kafka protocol
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import threading
@@ -79,11 +80,62 @@ def ensure_topics(cfg: KafkaConfig, timeout_s: float = 30.0) -> list[str]:
         admin.close()
 
 
+def _partitions_known(producer: KafkaProducer, topic: str) -> bool:
+    """Whether ``producer.send(topic, ...)`` returns without blocking. kafka-python 3
+    blocks in ``send`` only to fetch a topic's metadata (its record accumulator has no
+    buffer pool to wait for), so once the topic's partitions are known the call only
+    appends to a batch. ``_metadata`` is the producer's cluster view; without it, the
+    caller takes the worker-thread path."""
+    metadata = getattr(producer, "_metadata", None)
+    return metadata is not None and metadata.partitions_for_topic(topic) is not None
+
+
+class _Completions:
+    """Hands kafka-python's acknowledgements (delivered on its sender thread) to the
+    asyncio futures waiting for them: one loop wake-up per burst of acks rather than one
+    per record."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._ready: collections.deque[tuple[asyncio.Future[Ack], object]] = (
+            collections.deque())
+        self._scheduled = False
+
+    def push(self, done: asyncio.Future[Ack], outcome: object) -> None:
+        """Any thread; ``outcome`` is kafka-python's RecordMetadata or its exception.
+        deque.append is atomic, and the drain clears the flag before it empties the
+        queue, so a record pushed while a drain runs is either drained by it or
+        schedules the next one."""
+        self._ready.append((done, outcome))
+        if not self._scheduled:
+            self._scheduled = True
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        ready = self._ready
+        while ready:
+            done, outcome = ready.popleft()
+            if done.done():  # the caller gave up (timeout, cancellation)
+                continue
+            if isinstance(outcome, BaseException):
+                done.set_exception(
+                    Unavailable(f"Kafka did not acknowledge the write: {outcome}"))
+            else:
+                meta = outcome
+                done.set_result(Ack(meta.topic, meta.partition, meta.offset))  # type: ignore[attr-defined]
+
+
 class DurableProducer:
     """Idempotent, acks=all producer; ``send`` returns only after the broker's ack.
 
     The kafka-python producer is created lazily and re-created after failing to
     start, so the service starts and keeps serving while Kafka is unreachable.
+    A record is handed to kafka-python on the event loop itself once its topic's
+    partitions are known (that call cannot block then), and on a worker thread
+    before (creating the producer and fetching metadata block); acknowledgements
+    come back from kafka-python's sender thread in bursts (``_Completions``).
     """
 
     def __init__(self, cfg: KafkaConfig, on_latency: Callable[[str, float, bool], None]
@@ -93,6 +145,7 @@ class DurableProducer:
         self._lock = threading.Lock()
         self._last_attempt = 0.0
         self._on_latency = on_latency
+        self._completions: _Completions | None = None
 
     def _get(self) -> KafkaProducer:
         with self._lock:
@@ -117,36 +170,42 @@ class DurableProducer:
                 raise Unavailable(f"Kafka is unreachable: {exc}") from exc
             return self._producer
 
-    def _send_blocking(self, topic: str, key: bytes, value: bytes,
-                       loop: asyncio.AbstractEventLoop, done: asyncio.Future[Ack]) -> None:
-        def ok(meta) -> None:  # type: ignore[no-untyped-def]
-            ack = Ack(meta.topic, meta.partition, meta.offset)
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(ack))
-
-        def fail(exc: BaseException) -> None:
-            err = Unavailable(f"Kafka did not acknowledge the write: {exc}")
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_exception(err))
-
+    @staticmethod
+    def _enqueue(producer: KafkaProducer, topic: str, key: bytes, value: bytes,
+                 done: asyncio.Future[Ack], completions: _Completions) -> None:
+        """Append the record to kafka-python's batch; its outcome completes ``done``."""
         try:
-            future = self._get().send(topic, key=key, value=value)
+            future = producer.send(topic, key=key, value=value)
         except KafkaError as exc:
-            fail(exc)
-            return
-        future.add_callback(ok)
-        future.add_errback(fail)
+            raise Unavailable(f"Kafka did not take the write: {exc}") from exc
+        future.add_callback(completions.push, done)
+        future.add_errback(completions.push, done)
+
+    def _send_blocking(self, topic: str, key: bytes, value: bytes, done: asyncio.Future[Ack],
+                       completions: _Completions) -> None:
+        self._enqueue(self._get(), topic, key, value, done, completions)
 
     async def send(self, topic: str, key: str, value: bytes) -> Ack:
         """Write one record and wait (bounded) for acks=all; Unavailable otherwise."""
         loop = asyncio.get_running_loop()
+        completions = self._completions
+        if completions is None or completions.loop is not loop:
+            completions = self._completions = _Completions(loop)
         done: asyncio.Future[Ack] = loop.create_future()
         start = time.perf_counter()
         ok = False
         try:
-            await asyncio.wait_for(
-                asyncio.to_thread(self._send_blocking, topic, key.encode(), value, loop, done),
-                self._cfg.max_block_s + 1.0,
-            )
-            ack = await asyncio.wait_for(done, self._cfg.produce_timeout_s)
+            # 1. hand the record over: here when that cannot block, else on a thread
+            producer = self._producer
+            if producer is not None and _partitions_known(producer, topic):
+                self._enqueue(producer, topic, key.encode(), value, done, completions)
+            else:
+                async with asyncio.timeout(self._cfg.max_block_s + 1.0):
+                    await asyncio.to_thread(self._send_blocking, topic, key.encode(), value,
+                                            done, completions)
+            # 2. OK only after the broker's acknowledgement (acks=all)
+            async with asyncio.timeout(self._cfg.produce_timeout_s):
+                ack = await done
             ok = True
             return ack
         except TimeoutError as exc:
