@@ -137,8 +137,10 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[dict]]]]] = [
           {"expr": f'sum(rate({T}online_win_rate_vs_base_bucket{{le="0.4"}}{RATE})) / '
                    f"sum(rate({T}online_win_rate_vs_base_count{RATE}))",
            "legendFormat": "share losing"}]),
-        ("Rollbacks", "ops", "Served versions rolled back to their parent after losing to it "
-         "online.", rate(T + "rollbacks", legend="rolled back")),
+        ("Rollbacks and erasures", "ops", "Served versions rolled back to their parent after "
+         "losing to it online; users whose data a trainer erased (docs/operations.md"
+         "#erasing-a-user).", [*rate(T + "rollbacks", legend="rolled back"),
+                                *rate(T + "erasures_applied", legend="erased")]),
     ]),
     ("Kafka", [
         ("Produce latency", "s", "Time to a broker acknowledgement, by topic (p99).",

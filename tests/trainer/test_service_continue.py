@@ -36,8 +36,8 @@ class SteppingLearner(FakeLearner):
 
     def turn(self, user_id: str, ex: UserExamples,
              should_stop: Callable[[], bool] = lambda: False,
-             refit_reward: bool = True) -> TurnResult:
-        super().turn(user_id, ex, should_stop, refit_reward)
+             refit_reward: bool = True, known_erasure: float = 0.0) -> TurnResult:
+        super().turn(user_id, ex, should_stop, refit_reward, known_erasure)
         if user_id in self.thin:
             return TurnResult(user_id, "waiting: too little preference data")
         before = self.total.get(user_id, 0)

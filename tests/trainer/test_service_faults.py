@@ -15,6 +15,7 @@ from trainer.config import ScheduleConfig, TrainerConfig
 from trainer.data.examples import UserExamples
 from trainer.ingest.journal import Consumed
 from trainer.loop.learner import Learner, TurnResult
+from trainer.loop.schedule import Quarantine
 from trainer.loop.service import TrainerService
 
 
@@ -23,15 +24,18 @@ class FakeLearner:
 
     status = Learner.status  # builds the report from the examples and result only
 
+    model_id = "fake-base"
+
     def __init__(self) -> None:
         self.poison: set[str] = set()
         self.turns: list[str] = []
+        self.forgotten: list[str] = []
         self.refits: list[bool] = []
         self.during: Callable[[str, Callable[[], bool]], bool] = lambda user, stop: False
 
     def turn(self, user_id: str, ex: UserExamples,
              should_stop: Callable[[], bool] = lambda: False,
-             refit_reward: bool = True) -> TurnResult:
+             refit_reward: bool = True, known_erasure: float = 0.0) -> TurnResult:
         self.turns.append(user_id)
         self.refits.append(refit_reward)
         if user_id in self.poison:
@@ -39,6 +43,9 @@ class FakeLearner:
         if self.during(user_id, should_stop):
             return TurnResult(user_id, "interrupted", interrupted=True)
         return TurnResult(user_id, "kept: fake")
+
+    def forget(self, user_id: str) -> None:
+        self.forgotten.append(user_id)
 
 
 class Offsets:
@@ -154,3 +161,42 @@ def test_a_revoked_partition_stops_the_turn_which_is_not_counted(
     # alice stays untrained here: its new owner trains it from the journal it rebuilds
     assert set(service.journal.pending_users()) == {"alice"}
     assert service.journal.partition_of("alice") == 0 and service.journal.partition_of("x") is None
+
+
+def test_an_erasure_is_carried_out_before_the_next_pick(service: TrainerService) -> None:
+    """The tombstone's rows went with the ingest transaction; the loop then drops the
+    user's state, deletes its store files (also one a turn published meanwhile) and
+    tells the replicas, once; a store failure is retried at the next step."""
+    from services.contract.records import AdapterUpdateRecord
+    from tests.trainer.test_erasure import erasure
+    from tests.unit.test_adapters_and_store import _adapter
+
+    learner: FakeLearner = service.learner  # type: ignore[assignment]
+    announced: list[AdapterUpdateRecord] = []
+    service._announce = announced.append  # type: ignore[method-assign]
+    feedback(service, "alice", 0, n=2)
+    feedback(service, "bob", 1)
+    run_until_idle(service)
+    service.store.publish("alice", _adapter(service.store.root.parent / "a"), "m", "")
+    service._quarantine["alice"] = Quarantine(1, until=1e18)
+    service.journal.apply([service.offsets.record(  # type: ignore[attr-defined]
+        "feedback", 0, "alice", erasure("alice", 1e12))])
+    feedback(service, "bob", 1)
+
+    erase = service.store.erase
+
+    def store_down(*_args: object) -> None:
+        raise OSError("store down")
+
+    service.store.erase = store_down  # type: ignore[method-assign,assignment]
+    service.step()
+    assert service.journal.erasures_to_apply() == [("alice", 1e12)], "retried next step"
+    service.store.erase = erase  # type: ignore[method-assign]
+    run_until_idle(service)
+    assert service.journal.erasures_to_apply() == []
+    assert learner.forgotten[-1] == "alice" and "alice" not in service._quarantine
+    assert learner.turns[-1] == "bob" and learner.turns.count("alice") == 1
+    assert service.store.versions("alice") == [] and service.store.read_status("alice") is None
+    assert [(r.user_id, r.control) for r in announced] == [("alice", True)]
+    assert service.metrics.erasures._value.get() == 1
+    assert service.store.read_status("bob") is not None
