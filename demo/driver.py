@@ -90,6 +90,9 @@ class UserState:
     """The served version under the library's preferences independent of the user's."""
     identity: IdentityLedger = field(default_factory=IdentityLedger)
     """This user's probe answers, compared whenever another user's version changed."""
+    online: Tally = field(default_factory=Tally)
+    """The same served version vs base, judged online by the trainer: the user's own
+    rankings of interleaved comparison candidates (GetUserStatus online_vs_base)."""
     best: Tally = field(default_factory=Tally)
     feedback_at_best: int = 0
     """Feedback events sent when the best win rate so far was first measured."""
@@ -207,6 +210,9 @@ class Simulation:
         if status.adapter_version and status.adapter_version != state.version:
             self._evaluate(state, status.adapter_version)
             self._check_identity(state)
+        online = status.online_vs_base
+        state.online = Tally(online.wins, online.ties, online.losses) \
+            if online.version and online.version == state.version else Tally()
         lo, hi = state.win.interval()
         state.history.append(Point(self.elapsed(), state.feedback, state.rankings,
                                    state.version, state.rm_accuracy, state.rm_accuracy_shared,

@@ -10,7 +10,7 @@ from typing import Any
 
 from demo.driver import Simulation, UserState
 from demo.evaluation import worst
-from demo.stats import fmt_rate
+from demo.stats import agree, difference, fmt_rate
 
 
 def summary(sim: Simulation) -> list[dict[str, Any]]:
@@ -28,6 +28,8 @@ def summary(sim: Simulation) -> list[dict[str, Any]]:
             "win_rate": s.win.rate, "win_lo": lo, "win_hi": hi, "comparisons": s.win.n,
             "win": s.win.as_dict(), "best_win_rate": s.best.rate, "best_win": s.best.as_dict(),
             "feedback_at_best": s.feedback_at_best,
+            "online": s.online.as_dict(), "online_agrees": agree(s.win, s.online),
+            "online_difference": list(difference(s.win, s.online)) if s.online.n else None,
             "leakage": [lk.as_dict() for lk in s.leaks],
             "leakage_worst": top.as_dict() if top else None,
             "identity": s.identity.as_dict(),
@@ -92,18 +94,24 @@ def write_report(sim: Simulation, settings: dict[str, Any], out: Path) -> dict[s
         "served with the base model's, on held-out prompts, under the user's hidden "
         "preference (50% = no difference), with a 95% Wilson interval and the number "
         "of comparisons. Leakage is the largest shift, in points away from 50%, of the "
-        "win rate under the preferences independent of the user's (docs/demo.md).", "",
+        "win rate under the preferences independent of the user's (docs/demo.md). The "
+        "online win rate is the trainer's own measure of the same served version against "
+        "the base model, from the user's rankings of interleaved comparison candidates; "
+        "it agrees with the simulated one when the 95% interval of their difference "
+        "(Newcombe) holds 0.", "",
         "![curves](curves.png)", "",
         _md_row(["user", "hidden preference", "feedback (rankings)", "adapter", "RM acc",
-                 "shared RM acc", "win rate vs base [95%] n", "best (at feedback)",
-                 "worst leakage, pts [interval]", "byte-identical probes"]),
-        _md_row(["---"] * 10),
+                 "shared RM acc", "win rate vs base [95%] n", "online vs base [95%] n",
+                 "best (at feedback)", "worst leakage, pts [interval]",
+                 "byte-identical probes"]),
+        _md_row(["---"] * 11),
     ]
     for r, s in zip(rows, sim.states.values(), strict=True):
         lines.append(_md_row([
             r["user"], f"{r['preference']}: {s.user.preference.description}",
             f"{r['feedback_events']} ({r['rankings']})", r["adapter_version"] or "base",
             _fmt(r["rm_accuracy"]), _fmt(r["rm_accuracy_shared"]), fmt_rate(s.win),
+            fmt_online(r),
             f"{fmt_rate(s.best)} ({r['feedback_at_best']})" if s.best.n else "-",
             fmt_leak(r["leakage_worst"]), fmt_identity(r["identity"])]))
     lines += ["", *_leakage_notes(rows), "", *_labeler_notes(list(sim.states.values())), "",
@@ -117,6 +125,19 @@ def identity_total(rows: list[dict[str, Any]]) -> dict[str, int]:
     """Byte-identity probes over all users."""
     keys = ("checks", "mismatches", "skipped")
     return {k: sum(r["identity"][k] for r in rows) for k in keys}
+
+
+def fmt_online(row: dict[str, Any]) -> str:
+    """``61% [48-73%] n=52; agrees (-5 pts [-19, +9])``; ``-`` before any comparison."""
+    online = row["online"]
+    if not online["n"]:
+        return "-"
+    rate = f"{online['rate']:.0%} [{online['lo']:.0%}-{online['hi']:.0%}] n={online['n']}"
+    if row["online_agrees"] is None:
+        return rate
+    d, lo, hi = (100 * x for x in row["online_difference"])
+    return (f"{rate}; {'agrees' if row['online_agrees'] else 'DISAGREES'} "
+            f"({d:+.0f} pts [{lo:+.0f}, {hi:+.0f}])")
 
 
 def fmt_leak(leak: dict[str, Any] | None) -> str:

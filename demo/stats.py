@@ -61,6 +61,24 @@ class Tally:
                 "ties": self.ties, "losses": self.losses}
 
 
+def difference(a: Tally, b: Tally, confidence: float = 0.95) -> tuple[float, float, float]:
+    """``a.rate - b.rate`` with its interval by Newcombe's hybrid score method (his
+    method 10: from the two Wilson intervals), as (difference, lo, hi)."""
+    (la, ua), (lb, ub) = a.interval(confidence), b.interval(confidence)
+    d = a.rate - b.rate
+    return (d, d - math.sqrt((a.rate - la) ** 2 + (ub - b.rate) ** 2),
+            d + math.sqrt((ua - a.rate) ** 2 + (b.rate - lb) ** 2))
+
+
+def agree(a: Tally, b: Tally, confidence: float = 0.95) -> bool | None:
+    """Whether two measures of one win rate agree: the interval of their difference holds
+    0. None while either has no comparison."""
+    if not (a.n and b.n):
+        return None
+    _, lo, hi = difference(a, b, confidence)
+    return lo <= 0.0 <= hi
+
+
 def shift_points(tally: Tally, confidence: float = 0.95) -> tuple[float, float, float]:
     """The win rate's distance from 50% in points, with its interval: (shift, lo, hi)."""
     lo, hi = tally.interval(confidence)

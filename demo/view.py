@@ -12,7 +12,7 @@ from rich.text import Text
 
 from demo.driver import Simulation, UserState
 from demo.evaluation import worst
-from demo.stats import Tally, fmt_rate
+from demo.stats import Tally, agree, fmt_rate
 
 
 def _pct(x: float) -> str:
@@ -32,6 +32,14 @@ def _leak(state: UserState) -> Text:
     lo, hi = top.interval_points()
     return Text(f"{top.points:+.0f} [{lo:+.0f},{hi:+.0f}] {top.preference}",
                 style="red" if top.leaks() else "")
+
+
+def _online(state: UserState) -> Text:
+    """The online win rate vs base, red when it disagrees with the simulated one."""
+    verdict = agree(state.win, state.online)
+    return Text(fmt_rate(state.online) + ("" if verdict is None else
+                                          " agrees" if verdict else " DISAGREES"),
+                style="red" if verdict is False else "")
 
 
 def _identity(state: UserState) -> Text:
@@ -67,7 +75,8 @@ class LiveView:
         for col, justify in (("user", "left"), ("prefers", "left"),
                              ("feedback", "right"), ("adapter", "center"),
                              ("RM acc (shared)", "right"),
-                             ("win vs base [95%] n", "right"), ("leakage pts", "right"),
+                             ("win vs base [95%] n", "right"),
+                             ("online vs base [95%] n", "right"), ("leakage pts", "right"),
                              ("same bytes", "right"), ("last decision", "left"),
                              ("labelers (agreement)", "left")):
             table.add_column(col, justify=justify)  # type: ignore[arg-type]
@@ -76,7 +85,8 @@ class LiveView:
                 s.user.user_id, s.user.preference.name, str(s.feedback),
                 s.version or "base",
                 f"{_pct(s.rm_accuracy)} ({_pct(s.rm_accuracy_shared)})",
-                Text(fmt_rate(s.win), style=_win_style(s.win)), _leak(s), _identity(s),
+                Text(fmt_rate(s.win), style=_win_style(s.win)), _online(s), _leak(s),
+                _identity(s),
                 s.decision[:40], _labelers(s))
         events = Text("\n".join(self._events) or "waiting for the first events", style="dim")
         return Group(table, Panel(events, title="events", title_align="left"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scipy.stats import binomtest
 
-from demo.stats import Tally, fmt_rate, shift_points, wilson
+from demo.stats import Tally, agree, difference, fmt_rate, shift_points, wilson
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 10), (3, 10), (24, 48), (40, 48), (48, 48), (1, 1)])
@@ -37,3 +37,17 @@ def test_a_tally_counts_ties_as_half_and_says_when_it_differs_from_chance() -> N
     assert shift == pytest.approx(100 * (35 / 48 - 0.5)) and lo < shift < hi
     assert fmt_rate(t).endswith("n=48") and fmt_rate(Tally()) == "-"
     assert t.as_dict()["n"] == 48
+
+
+def test_the_difference_interval_is_newcombes() -> None:
+    # Newcombe (1998), Statistics in Medicine 17:873-890, table II, example (a):
+    # 56/70 vs 48/80, method 10 gives 0.0524 to 0.3339
+    d, lo, hi = difference(Tally(wins=56, losses=14), Tally(wins=48, losses=32))
+    assert d == pytest.approx(0.2)
+    assert (lo, hi) == pytest.approx((0.0524, 0.3339), abs=5e-5)
+
+
+def test_two_measures_agree_when_their_difference_may_be_zero() -> None:
+    assert agree(Tally(wins=30, losses=18), Tally(wins=20, losses=12)) is True
+    assert agree(Tally(wins=45, losses=3), Tally(wins=10, losses=30)) is False
+    assert agree(Tally(wins=45, losses=3), Tally()) is None  # nothing measured online yet

@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from demo.driver import DriveConfig, Simulation
@@ -21,6 +22,8 @@ def _sim() -> Simulation:
     sim = Simulation(None, make_users(4, 0.2), DriveConfig())  # type: ignore[arg-type]
     fay, cas, *_ = sim.states.values()
     fay.win, fay.version, fay.feedback, fay.rankings = Tally(40, 4, 4), "v2", 30, 21
+    fay.online = Tally(20, 0, 6)  # the trainer's online tally of v2 against the base model
+    cas.win, cas.online, cas.version = Tally(40, 0, 8), Tally(3, 0, 17), "v1"
     fay.leaks = [Leak("bullets", Tally(30, 0, 18), 0.994), Leak("examples", Tally(2, 44, 2), 0.994)]
     cas.identity = IdentityLedger(checks=3, mismatches=1)
     return sim
@@ -33,6 +36,7 @@ def test_the_live_view_shows_intervals_leakage_and_identity() -> None:
     assert "88% [75%-94%] n=48" in text
     assert "+12" in text and "bullets" in text  # the largest shift, signed
     assert "2/3" in text  # one of three probes differed
+    assert "77% [58%-89%] n=26 agrees" in text and "n=20 DISAGREES" in text
 
 
 def test_the_report_and_results_carry_intervals_leakage_and_identity(tmp_path: Path) -> None:
@@ -46,3 +50,10 @@ def test_the_report_and_results_carry_intervals_leakage_and_identity(tmp_path: P
     assert data["identity"] == {"checks": 3, "mismatches": 1, "skipped": 0}
     report = paths["report"].read_text()
     assert "n=48" in report and "2/3" in report and "Leakage of fay" in report
+    assert fay["online"]["n"] == 26 and fay["online_agrees"] is True
+    d, lo, hi = fay["online_difference"]
+    assert lo < 0 < hi and d == pytest.approx(42 / 48 - 20 / 26)
+    assert data["users"][1]["online_agrees"] is False
+    assert data["users"][2]["online_agrees"] is None and data["users"][2]["online_difference"] \
+        is None
+    assert "agrees (+" in report and "DISAGREES" in report
