@@ -3,7 +3,8 @@
 replica is accepted by the other, the two trainers split the partitions between
 them, and every acknowledged feedback event is journaled by exactly one trainer,
 once. The trainers only ingest here (PERSONALIZE_TRAINER_TRAIN=false): training, a
-SIGKILL mid-turn and the survivor's publishing are not covered yet."""
+SIGKILL mid-turn, the survivor's publishing and a poisoned user are in
+test_trainer_failover.py."""
 
 from __future__ import annotations
 
