@@ -97,3 +97,42 @@ def test_user_count_is_every_user_with_feedback(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "j.db") as db:
         db.execute("DROP TABLE users")
     assert Journal(tmp_path / "j.db", G, F).user_count() == 3
+
+
+def test_a_lost_partition_is_released_and_read_again_from_the_start(tmp_path: Path) -> None:
+    """The journal keeps only the assigned partitions: the rows and positions of the
+    others go (their users are returned, for the loop to forget)."""
+    j = Journal(tmp_path / "j.db", G, F)
+    batch = [Consumed(G, 0, 0, b"alice", gen("a", user="alice", group="ga")),
+             Consumed(G, 1, 0, b"bob", gen("b", user="bob", group="gb")),
+             Consumed(G, 0, 1, b"alice", gen("a2", user="alice", group="ga")),
+             Consumed(G, 1, 1, b"bob", gen("b2", user="bob", group="gb")),
+             Consumed(F, 0, 0, b"alice", fb("fa", ["a", "a2"], user="alice", group="ga")),
+             Consumed(F, 1, 0, b"bob", fb("fb", ["b", "b2"], user="bob", group="gb"))]
+    j.apply(batch)
+    j.mark_trained("bob", 10)
+    assert j.release({(G, 0), (F, 0), (G, 1), (F, 1)}) == []
+    assert j.release({(G, 0), (F, 0)}) == ["bob"]
+    assert j.feedback_ids() == ["fa"] and j.counts()["generations"] == 2
+    assert j.positions() == {(G, 0): 2, (F, 0): 1}
+    assert j.user_count() == 1 and j.trained_users() == set()
+    # assigned again: read from the beginning, the same rows come back once
+    j.apply([c for c in batch if c.partition == 1])
+    assert j.feedback_ids() == ["fa", "fb"] and j.counts()["generations"] == 4
+
+
+def test_a_journal_from_before_the_partition_column_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(str(path))
+    db.execute("CREATE TABLE generations (response_id TEXT PRIMARY KEY, user_id TEXT NOT "
+               "NULL, group_id TEXT NOT NULL, body TEXT NOT NULL)")
+    db.execute("INSERT INTO generations VALUES ('a', 'alice', 'ga', ?)",
+               (gen("a", group="ga").decode(),))
+    db.commit()
+    db.close()
+    j = Journal(path, G, F)
+    j.apply([Consumed(F, 0, 0, b"alice", fb("fa", ["a", "a2"], group="ga")),
+             Consumed(G, 0, 0, b"alice", gen("a2", group="ga"))])
+    assert j.feedback_ids() == ["fa"] and j.counts()["generations"] == 2
+    assert j.release(set()) == ["alice"]
+    assert j.counts()["generations"] == 0, "the older row of a released user goes too"

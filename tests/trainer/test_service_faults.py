@@ -200,3 +200,34 @@ def test_an_erasure_is_carried_out_before_the_next_pick(service: TrainerService)
     assert [(r.user_id, r.control) for r in announced] == [("alice", True)]
     assert service.metrics.erasures._value.get() == 1
     assert service.store.read_status("bob") is not None
+
+
+def test_users_of_a_lost_partition_are_forgotten(service: TrainerService) -> None:
+    """A rebalance that takes partition 1 away: its rows leave the journal on assignment,
+    and the loop drops what it holds of its users before the next pick."""
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.seeks: list[tuple[str, int, int | None]] = []
+
+        def seek(self, tp: TopicPartition, offset: int) -> None:
+            self.seeks.append((tp.topic, tp.partition, offset))
+
+        def seek_to_beginning(self, tp: TopicPartition) -> None:
+            self.seeks.append((tp.topic, tp.partition, None))
+
+    learner: FakeLearner = service.learner  # type: ignore[assignment]
+    feedback(service, "alice", 0)
+    feedback(service, "bob", 1)
+    run_until_idle(service)
+    consumer = Consumer()
+    service.ingest._consumer = consumer  # type: ignore[assignment]
+    service.ingest.resume([TopicPartition(t, p) for t in ("generations", "feedback")
+                           for p in (0, 2)])
+    assert sorted(consumer.seeks) == [("feedback", 0, 1), ("feedback", 2, None),
+                                      ("generations", 0, 2), ("generations", 2, None)]
+    assert service.ingest.assigned == frozenset({0, 2})
+    feedback(service, "alice", 0)
+    run_until_idle(service)
+    assert learner.forgotten == ["bob"] and learner.turns[-1] == "alice"
+    assert service.journal.feedback_ids() == ["alice-f0", "alice-f1"]

@@ -5,7 +5,9 @@ of each holds the same users; the range assignor gives both to one member.
 Loop: poll -> dead-letter what cannot be parsed (acked) -> journal the batch
 with its positions (one transaction) -> commit offsets. On assignment each
 partition resumes at the journal's position, or at the beginning when the
-journal has never seen it (state is rebuilt from the log).
+journal has never seen it (state is rebuilt from the log). The journal keeps only
+the assigned partitions: what it held of the others is deleted on assignment,
+and their users are handed to the training loop to forget (``take_released``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class Ingest(threading.Thread):
         the training thread reads it while rebalances happen on this thread)."""
         self.error: BaseException | None = None
         self._to_validate: list[TopicPartition] = []
+        self._released: list[str] = []
+        self._released_lock = threading.Lock()
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -67,8 +71,20 @@ class Ingest(threading.Thread):
         gone = {tp.partition for tp in revoked if tp.topic == self._cfg.kafka.feedback_topic}
         self.assigned = self.assigned - gone
 
+    def take_released(self) -> list[str]:
+        """Users of partitions this process lost since the last call (their journal rows
+        are gone): the training loop drops what it holds of them."""
+        with self._released_lock:
+            out, self._released = self._released, []
+        return out
+
     def resume(self, assigned: list[TopicPartition]) -> None:
         assert self._consumer is not None
+        released = self._journal.release({(tp.topic, tp.partition) for tp in assigned})
+        if released:
+            log.info("released %d users of partitions no longer owned", len(released))
+            with self._released_lock:
+                self._released += released
         positions = self._journal.positions()
         for tp in assigned:
             pos = positions.get((tp.topic, tp.partition))

@@ -40,7 +40,7 @@ from trainer.data.preferences import FeedbackEvent
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS generations (
   response_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, group_id TEXT NOT NULL,
-  body TEXT NOT NULL);
+  body TEXT NOT NULL, partition INTEGER);
 CREATE TABLE IF NOT EXISTS feedback (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, feedback_id TEXT NOT NULL,
   partition INTEGER NOT NULL, body TEXT NOT NULL, state TEXT NOT NULL,
@@ -91,6 +91,9 @@ class Journal:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA secure_delete=ON")  # an erased user's rows are overwritten
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(generations)")}
+        if "partition" not in columns:  # a journal written before the column
+            self._db.execute("ALTER TABLE generations ADD COLUMN partition INTEGER")
         if (not self._db.execute("SELECT 1 FROM users LIMIT 1").fetchone()
                 and self._db.execute("SELECT 1 FROM feedback LIMIT 1").fetchone()):
             # a journal written before the users table: fill it once
@@ -123,9 +126,9 @@ class Journal:
                 if isinstance(record, GenerationRecord):
                     # one served before its user's erasure is never stored
                     if record.created_at > self._erased_at(cur, record.user_id):
-                        cur.execute("INSERT OR IGNORE INTO generations VALUES (?, ?, ?, ?)",
+                        cur.execute("INSERT OR IGNORE INTO generations VALUES (?, ?, ?, ?, ?)",
                                     (record.response_id, record.user_id, record.group_id,
-                                     r.value.decode()))
+                                     r.value.decode(), r.partition))
                 elif isinstance(record, FeedbackRecord):
                     cur.execute("INSERT OR IGNORE INTO feedback (user_id, feedback_id, partition,"
                                 " body, state, received_at) VALUES (?, ?, ?, ?, 'pending', ?)",
@@ -222,6 +225,40 @@ class Journal:
         self._db.execute("UPDATE erasures SET applied = 1 WHERE user_id = ? AND erased_at = ?",
                          (user_id, erased_at))
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def release(self, keep: Set[tuple[str, int]]) -> list[str]:
+        """Delete the rows of every partition the journal holds but ``keep`` (the
+        consumer's new assignment) does not, with their positions: a trainer keeps only
+        its own partitions' data, so an event is in exactly one trainer's data, and an
+        erasure read by the partition's new owner leaves no copy here. A partition
+        assigned again later is read from the beginning. Returns the users released."""
+        cur = self._db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            gone = [(t, p) for t, p in cur.execute("SELECT topic, partition FROM positions")
+                    if (t, p) not in keep]
+            released: list[str] = []
+            for topic, partition in gone:
+                if topic == self._fb_topic:
+                    users = [u for (u,) in cur.execute(
+                        "SELECT DISTINCT user_id FROM feedback WHERE partition = ?",
+                        (partition,))]
+                    cur.executemany("DELETE FROM generations WHERE user_id = ? AND "
+                                    "partition IS NULL", [(u,) for u in users])  # older rows
+                    cur.execute("DELETE FROM feedback WHERE partition = ?", (partition,))
+                    for table in ("trained", "users"):
+                        cur.executemany(f"DELETE FROM {table} WHERE user_id = ?",
+                                        [(u,) for u in users])
+                    released += users
+                elif topic == self._gen_topic:
+                    cur.execute("DELETE FROM generations WHERE partition = ?", (partition,))
+                cur.execute("DELETE FROM positions WHERE topic = ? AND partition = ?",
+                            (topic, partition))
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        return released
 
     def positions(self) -> dict[tuple[str, int], int]:
         return {(t, p): o for t, p, o in self._db.execute("SELECT * FROM positions")}

@@ -143,16 +143,15 @@ class TrainerService:
         return True
 
     def _apply_erasures(self) -> None:
-        """Forget each user whose erasure the journal holds but this process has not
-        carried out: its rows are already gone from the journal (the same transaction
-        as the tombstone); here go its parameters and schedule state, and its store
-        files again (idempotent: a version a turn published while the erasure was on
-        its way is deleted too)."""
+        """Forget the users of partitions this process lost, and each user whose erasure
+        the journal holds but this process has not carried out: its rows are already
+        gone from the journal (the same transaction as the tombstone); here go its
+        parameters and schedule state, and its store files again (idempotent: a version
+        a turn published while the erasure was on its way is deleted too)."""
+        for user in self.ingest.take_released():  # another trainer owns them now
+            self._forget(user)
         for user, erased_at in self.journal.erasures_to_apply():
-            self.learner.forget(user)
-            self.online.forget(user)
-            for kept in (self._last_trained, self._quarantine, self._states, self._reviewed):
-                kept.pop(user, None)
+            self._forget(user)
             try:
                 files = self.store.erase(user, erased_at)
                 self._announce(AdapterUpdateRecord(
@@ -165,6 +164,13 @@ class TrainerService:
             self.metrics.erasures.inc()
             log.info("user %s: erased (store: %d versions%s deleted here)", user,
                      len(files.versions), ", status" if files.status else "")
+
+    def _forget(self, user: str) -> None:
+        """Drop what this process holds of a user (parameters, caches, schedule state)."""
+        self.learner.forget(user)
+        self.online.forget(user)
+        for kept in (self._last_trained, self._quarantine, self._states, self._reviewed):
+            kept.pop(user, None)
 
     def _turn(self, user: str, oldest_new: float | None) -> None:
         """The user's turn; stopped between PPO iterations (and before publishing) on
