@@ -106,6 +106,14 @@ def test_a_raising_turn_quarantines_its_user_and_the_others_train(
     assert m.turn_failures._value.get() == 1 and m.users_quarantined._value.get() == 1
     q = service._quarantine["poison"]
     assert q.failures == 1
+    first = service.store.read_status("poison")  # its first turn failed: still reported
+    assert first is not None and first.last_publish_decision.startswith("failed: ValueError")
+
+    # a rebalance's moment without partitions does not lift the quarantine
+    service.ingest.assigned = frozenset()
+    service.step()
+    service.ingest.assigned = frozenset({0, 1})
+    assert service._quarantine["poison"] == q
 
     # new feedback of the others is trained while "poison" sits out its backoff
     feedback(service, "alice", 0)

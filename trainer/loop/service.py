@@ -119,8 +119,8 @@ class TrainerService:
         owned -= held
         self._states = {u: s for u, s in self._states.items() if u in owned}
         states = {u: self._states.get(u, "training") for u in owned}
-        self._quarantine = {u: q for u, q in self._quarantine.items()
-                            if u in pending or u in owned}
+        # quarantines are kept through rebalances (the assignment may be empty for a
+        # moment); a user leaves it by a completed turn, or when released or erased
         self.metrics.users_quarantined.set(len(self._quarantine))
         user = pick_next(pending, self._last_trained, self.cfg.schedule, self._quarantine, now,
                          states)
@@ -241,10 +241,10 @@ class TrainerService:
             previous = self.store.read_status(user)
             error = f"{type(exc).__name__}: {exc}"[:200]
             decision = f"failed: {error}; next try in {wait_s:.0f} s"
-            if previous is not None:
-                self.store.write_status(user, replace(previous, last_publish_decision=decision,
-                                                      updated_at=time.time()),
-                                        self.journal.erased_at(user))
+            report = previous or replace(empty_report(), training_state="training")
+            self.store.write_status(user, replace(report, last_publish_decision=decision,
+                                                  updated_at=time.time()),
+                                    self.journal.erased_at(user))
         except Exception:  # the store itself failing must not end the loop either
             log.warning("user %s: status not written", user, exc_info=True)
 
