@@ -1,14 +1,16 @@
 """Two trainers in one consumer group on the tiny model; one is killed with SIGKILL
-mid-turn (issue 15, the rest of the end-to-end test; the two server replicas are
-covered by test_two_replicas_two_trainers.py).
+mid-turn (issue 15, the rest of the end-to-end test; the stack's own two-replica
+start is covered by test_two_replicas_two_trainers.py).
 
-Topology: the session's tiny engine behind a server of this test's own topics and
-adapter store, and two real trainer processes (``python -m trainer.loop.service``) in
-one group. Users are chosen one per partition of the 3; the *victim* is the trainer
-that owns two partitions, the *survivor* the one that owns the third.
+Topology: the session's tiny engine behind two server replicas of this test's own
+topics and adapter store, and two real trainer processes
+(``python -m trainer.loop.service``) in one group. Users are chosen one per partition
+of the 3; the *victim* is the trainer that owns two partitions, the *survivor* the one
+that owns the third.
 
-1. Round 1: every user ranks 4 answers; each trainer publishes v1 of the users of its
-   partitions, and the two journals split the acknowledged events between them.
+1. Round 1: every user ranks 4 answers on replica A; each trainer publishes v1 of the
+   users of its partitions, both replicas serve each of them, and the two journals
+   split the acknowledged events between them.
 2. Poison: a user of the survivor's partition whose latest adapter version in the
    store is corrupt: a complete-looking version directory (manifest, adapter config)
    whose weights file is not a safetensors file, as a torn copy or a foreign writer
@@ -27,7 +29,7 @@ Checked at the end: every user's versions form one chain (each version's parent 
 the previous version: nothing was published from a stale parent); each user's latest
 manifest counts exactly the events acknowledged for that user; the survivor's journal
 holds every acknowledged event once; the victim's journal holds only events of its
-own partitions; the server serves the survivor's version.
+own partitions; both replicas serve the survivor's versions.
 """
 
 from __future__ import annotations
@@ -116,15 +118,18 @@ def failover_server(loop_thread, tiny_engine, broker, engine_config, tmp_path: P
 
     kafka = isolated_kafka(broker.bootstrap, f"failover-{uuid.uuid4().hex[:6]}")
     cfg = make_server_config(tmp_path / "store", broker.bootstrap, engine_config, kafka=kafka)
-    srv = loop_thread.call(AssistantServer, cfg, tiny_engine)
-    loop_thread.run(srv.start())
-    yield srv
-    loop_thread.run(srv.stop())
+    replicas = [loop_thread.call(AssistantServer, cfg, tiny_engine) for _ in range(2)]
+    for srv in replicas:
+        loop_thread.run(srv.start())
+    yield replicas
+    for srv in replicas:
+        loop_thread.run(srv.stop())
 
 
 def test_a_killed_trainers_users_move_to_the_survivor(failover_server, broker,  # type: ignore[no-untyped-def]
                                                       tiny_model_dir: Path,
                                                       tmp_path: Path) -> None:
+    failover_server, replica_b = failover_server
     kafka = failover_server.cfg.kafka
     store: AdapterStore = failover_server.store
     model_id = failover_server.engine.model_id
@@ -140,8 +145,10 @@ def test_a_killed_trainers_users_move_to_the_survivor(failover_server, broker,  
              for i in range(2)]
     acked: dict[str, list[str]] = {}
 
-    with grpc.insecure_channel(f"127.0.0.1:{failover_server.port}") as ch:
+    with grpc.insecure_channel(f"127.0.0.1:{failover_server.port}") as ch, \
+            grpc.insecure_channel(f"127.0.0.1:{replica_b.port}") as ch_b:
         stub = assistant_pb2_grpc.AssistantStub(ch)
+        stubs = (stub, assistant_pb2_grpc.AssistantStub(ch_b))
 
         def rank(user: str, n: int = RANKINGS) -> None:
             for i in range(n):
@@ -175,6 +182,9 @@ def test_a_killed_trainers_users_move_to_the_survivor(failover_server, broker,  
                         and metric(ports[s], "personalize_trainer_turn_failures_total") >= 1)
 
             wait_until("round 1 never published v1 everywhere", round_one_done, procs, logs)
+            for user in users.values():  # published by either trainer, served by both
+                for replica in stubs:
+                    wait_for_version(replica, user, "v1")
             journals = [journaled_ids(d, [*users.values(), poison]) for d in dirs]
             all_acked = [f for ids in acked.values() for f in ids]
             assert sorted(journals[0] + journals[1]) == sorted(all_acked)
@@ -240,8 +250,9 @@ def test_a_killed_trainers_users_move_to_the_survivor(failover_server, broker,  
         assert store.versions(poison) == ["v1"]
         assert f"user {poison}: turn failed" in logs[s].read_text()
         assert all(len(store.versions(u)) >= 2 for u in users.values())
-        served = wait_for_version(stub, victim_users[0], store.latest(victim_users[0]) or "")
-        assert served.finished[0].adapter_version.startswith("v")
+        for user in users.values():
+            for replica in stubs:
+                wait_for_version(replica, user, store.latest(user) or "")
 
 
 def _latest_count(store: AdapterStore, user: str) -> int:
