@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from services.contract.auth import Caller
 from services.contract.errors import FailedPrecondition, NotFound, Unavailable
 from services.contract.ids import validate_user_id, validate_version
 from services.contract.records import AdapterUpdateRecord, ErasureRecord
@@ -95,6 +96,13 @@ class EraseOutcome:
     changed: bool
     """False when the store held nothing of the user (e.g. a repeat)."""
     detail: str
+
+
+def requested_by(caller: Caller) -> str:
+    """How an erasure was authorised, for its tombstone."""
+    if not caller.subject:
+        return "open"
+    return "admin" if caller.admin else "self"
 
 
 def _win_rate(raw: object) -> OnlineWinRate:

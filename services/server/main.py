@@ -134,7 +134,8 @@ class AssistantServer:
             core=self.core, limits=self.cfg.limits, auth=self.auth, metrics=self.metrics,
             model_id=self.engine.model_id, max_body_bytes=self.cfg.http_max_body_bytes,
             max_in_flight=self.cfg.max_concurrent_rpcs, ready=lambda: self._accepting,
-            alive=lambda: not self.engine.dead, cors_origins=self.cfg.http_cors_origins))
+            alive=lambda: not self.engine.dead, cors_origins=self.cfg.http_cors_origins,
+            lifecycle=self.lifecycle))
         self._http_server = HttpServer(self.http.app, self.cfg.host, self.cfg.http_port,
                                        self.cfg.drain_timeout_s)
         self.http_port = await self._http_server.start()

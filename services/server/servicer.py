@@ -8,11 +8,16 @@ import grpc
 
 from personalize.v1 import assistant_pb2 as pb
 from personalize.v1 import assistant_pb2_grpc as pb_grpc
-from services.contract.auth import Authenticator, Caller
+from services.contract.auth import Authenticator
 from services.contract.errors import FailedPrecondition
 from services.contract.status import OnlineWinRate
 from services.server.core import AssistantCore, UserStatusView
-from services.server.lifecycle import EraseOutcome, LifecycleOutcome, LifecycleService
+from services.server.lifecycle import (
+    EraseOutcome,
+    LifecycleOutcome,
+    LifecycleService,
+    requested_by,
+)
 from services.server.validation import Message, validate_feedback, validate_generate
 
 
@@ -120,13 +125,6 @@ def _result(out: LifecycleOutcome) -> pb.LifecycleResult:
     return pb.LifecycleResult(user_id=out.user_id, served_version=out.served_version,
                               pinned_version=out.control.pinned, reset=out.control.reset,
                               changed=out.changed, detail=out.detail)
-
-
-def requested_by(caller: Caller) -> str:
-    """How an erasure was authorised, for its tombstone."""
-    if not caller.subject:
-        return "open"
-    return "admin" if caller.admin else "self"
 
 
 def _erase_result(out: EraseOutcome) -> pb.EraseResult:

@@ -75,3 +75,25 @@ def test_nobody_rates_another_users_response(secure_url: str, tokens: Tokens) ->
     r = httpx.post(f"{secure_url}/v1/feedback", headers=tokens.headers("alice"),
                    json={"thumbs": {"response_id": forged, "up": True}}, timeout=30)
     assert r.status_code == 400 and "signature" in r.json()["error"]["message"]
+
+
+def test_a_user_erases_themself_over_http(secure_url: str, tokens: Tokens) -> None:
+    """POST /v1/erase with the user's own key: the gRPC Erase (another user's key 403,
+    none 401); feedback on an answer served before it is then refused."""
+    out = chat(secure_url, tokens("erin"))
+    rid = out.choices[0].model_extra["response_id"]
+    r = httpx.post(f"{secure_url}/v1/erase", json={"user": "erin"},
+                   headers=tokens.headers("bob"), timeout=30)
+    assert r.status_code == 403, r.text
+    assert httpx.post(f"{secure_url}/v1/erase", json={}, timeout=30).status_code == 401
+    r = httpx.post(f"{secure_url}/v1/erase", json={}, headers=tokens.headers("erin"),
+                   timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "erasure" and body["user_id"] == "erin"
+    assert body["deleted_versions"] == [] and body["tombstone_offset"] >= 0
+    r = httpx.post(f"{secure_url}/v1/feedback", headers=tokens.headers("erin"),
+                   json={"thumbs": {"response_id": rid, "up": True}}, timeout=30)
+    assert r.status_code == 400 and "erased" in r.json()["error"]["message"], r.text
+    status = httpx.get(f"{secure_url}/v1/status", headers=tokens.headers("erin"), timeout=10)
+    assert status.json()["feedback_accepted"] == 0

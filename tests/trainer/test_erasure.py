@@ -17,7 +17,7 @@ from services.contract.records import (
     parse_feedback_topic,
 )
 from services.contract.store import AdapterStore, Erased, StaleParent
-from services.server.servicer import requested_by
+from services.server.lifecycle import requested_by
 from tests.unit.test_adapters_and_store import _adapter
 from trainer.ingest.journal import Consumed, Journal
 from trainer.loop.service import empty_report

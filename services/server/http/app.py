@@ -29,6 +29,7 @@ from starlette.routing import Route
 from services.contract.auth import Authenticator, Caller
 from services.contract.errors import (
     DomainError,
+    FailedPrecondition,
     InvalidArgument,
     RequestTooLarge,
     ResourceExhausted,
@@ -48,6 +49,7 @@ from services.server.http.errors import (
 from services.server.http.openai_schema import (
     BASE_SUFFIX,
     ChatCompletionRequest,
+    EraseRequest,
     FeedbackRequest,
     chunk_body,
     completion_body,
@@ -55,6 +57,7 @@ from services.server.http.openai_schema import (
     usage_chunk_body,
 )
 from services.server.http.page import cors, page_routes
+from services.server.lifecycle import LifecycleService, requested_by
 from services.server.metrics import ServerMetrics
 from services.server.validation import validate_feedback, validate_generate
 
@@ -81,6 +84,8 @@ class HttpContext:
     """False once the engine failed for good."""
     cors_origins: tuple[str, ...] = ()
     """Browser origins allowed to call the API (CORS); empty: none."""
+    lifecycle: LifecycleService | None = None
+    """Erase (a user may erase themself); None: not offered (404)."""
 
 
 @dataclass
@@ -181,6 +186,7 @@ class HttpApi:
             Route("/v1/feedback", self._endpoint("SubmitFeedback", self.feedback),
                   methods=["POST"]),
             Route("/v1/status", self._endpoint("GetUserStatus", self.status), methods=["GET"]),
+            Route("/v1/erase", self._endpoint("Erase", self.erase), methods=["POST"]),
             *page_routes(),
         ]
         self.app = Starlette(routes=routes, exception_handlers={HTTPException: http_exception},
@@ -328,6 +334,17 @@ class HttpApi:
         user = self._act_for(caller, request.query_params.get("user"))
         view = self._ctx.core.user_status(user)
         return JSONResponse({"object": "user_status", **asdict(view)})
+
+
+    async def erase(self, request: Request, call: _Call) -> Response:
+        """The gRPC Erase: the user's own token (or an admin's, naming ``user``)."""
+        caller = self._caller(request)
+        body = await read_json(request, EraseRequest, self._ctx.max_body_bytes)
+        user = self._act_for(caller, body.user)
+        if self._ctx.lifecycle is None:
+            raise FailedPrecondition("erasure is not enabled on this server")
+        out = await self._ctx.lifecycle.erase(user, requested_by(caller))
+        return JSONResponse({"object": "erasure", **asdict(out)})
 
 
 async def _close(stream: Any, call: _Call) -> None:

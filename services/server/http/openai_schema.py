@@ -132,6 +132,12 @@ class ScoreIn(_Lenient):
                               "true or 1 (up), false, 0 or -1 (down)")
 
 
+class EraseRequest(_Lenient):
+    """POST /v1/erase: the user (from the token when auth is on)."""
+
+    user: str | None = None
+
+
 class FeedbackRequest(_Lenient):
     """POST /v1/feedback: exactly one of thumbs, ranking or score."""
 
