@@ -13,6 +13,9 @@ of ``grpc`` and ``raw-sync`` alternates from round to round):
   record's ack: the same guarantee per call, with no gRPC, validation or signing.
 - ``raw-pipelined``: one thread sends as fast as it can and flushes at the end: the
   broker's and client's ceiling, with no per-call guarantee.
+- ``producer-asyncio``: the server's own DurableProducer in this process, ``--concurrency``
+  coroutines on one event loop each awaiting its record's ack: the server's Kafka path
+  alone, with no gRPC, validation or signing.
 - ``grpc-noop``: the same client threads call a unary grpc.aio method that returns its
   request at once, served by a Python process of its own (``--serve-noop``): what the
   gRPC transport alone costs on this host, with no Kafka and no service code.
@@ -20,7 +23,7 @@ of ``grpc`` and ``raw-sync`` alternates from round to round):
 Records of the raw writers are FeedbackRecord JSON of the same size, on the same topic.
 "serving CPU ms/call" is the CPU time per call of the process that does the writer's work:
 the server for ``grpc``, this process (its client threads and kafka-python) for
-``raw-sync``, the no-op server for ``grpc-noop``.
+``raw-sync`` and ``producer-asyncio``, the no-op server for ``grpc-noop``.
 The headline is ``grpc / raw-sync`` taken per round (both passes of a round run back to
 back on the same host), its mean with a 95% t interval over rounds, against the >= 0.5x
 target. Both processes use the same kafka-python, with the same CRC32C implementation
@@ -59,8 +62,11 @@ from bench.http_api import t_interval, verdict
 from bench.profile import SERVER_PARTS, profile_engine
 from personalize.v1 import assistant_pb2 as pb
 from services.client.sdk import AssistantClient
+from services.contract.config import KafkaConfig
+from services.contract.errors import Unavailable
 from services.contract.records import FeedbackRecord
 from services.devstack.broker import free_port, wait_for_port
+from services.server.kafka_io import DurableProducer
 
 TOPIC = "feedback"
 TARGET = 0.5  # SubmitFeedback >= 0.5x the raw producer with the same guarantee per call
@@ -144,6 +150,42 @@ def pipelined(bootstrap: str, seconds: float, users: list[str], rids: list[str]
             "p50_ms": float("nan"), "p99_ms": float("nan")}
 
 
+def durable_pass(bootstrap: str, concurrency: int, seconds: float, users: list[str],
+                 rids: list[str]) -> dict[str, Any]:
+    """``concurrency`` coroutines, each awaiting DurableProducer.send in a loop."""
+    latencies: list[float] = []
+    errors = [0]
+
+    async def run() -> float:
+        producer = DurableProducer(KafkaConfig(bootstrap_servers=bootstrap))
+        await producer.send(TOPIC, users[0], record_bytes(users[0], rids[0]))  # metadata
+        stop = time.perf_counter() + seconds
+
+        async def worker(i: int) -> None:
+            n = 0
+            while time.perf_counter() < stop:
+                n += 1
+                user = users[(i + n) % len(users)]
+                start = time.perf_counter()
+                try:
+                    await producer.send(TOPIC, user, record_bytes(user, rids[n % len(rids)]))
+                except Unavailable:
+                    errors[0] += 1
+                    continue
+                latencies.append(time.perf_counter() - start)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        elapsed = time.perf_counter() - start
+        await asyncio.to_thread(producer.close)
+        return elapsed
+
+    elapsed = asyncio.run(run())
+    return {"calls": len(latencies), "seconds": elapsed, "per_s": len(latencies) / elapsed,
+            "errors": errors[0], "p50_ms": 1000 * percentile(latencies, 50),
+            "p99_ms": 1000 * percentile(latencies, 99)}
+
+
 NOOP_METHOD = "/bench.Noop/Echo"
 
 
@@ -205,8 +247,9 @@ def main() -> None:
     settle()
     tag = f"fb{int(time.time()) % 100000}"
     users = [f"{tag}-{i}" for i in range(args.users)]
-    passes: dict[str, list[dict[str, Any]]] = {"grpc": [], "raw-sync": [], "raw-pipelined": [],
-                                               "grpc-noop": []}
+    passes: dict[str, list[dict[str, Any]]] = {
+        "grpc": [], "raw-sync": [], "raw-pipelined": [], "producer-asyncio": [],
+        "grpc-noop": []}
     with private_stack(args.model) as stack, noop_server() as (noop_target, noop_pid):
         # 1. real, signed response ids to rate (a user may rate a response more than once)
         responses: dict[str, list[str]] = {}
@@ -245,11 +288,13 @@ def main() -> None:
         via_noop(0)
         # the process that serves each writer, whose CPU time per call is recorded
         server = server_pid(stack.proc.pid, "services.server.main") or os.getpid()
-        serving = {"grpc": server, "raw-sync": os.getpid(), "grpc-noop": noop_pid}
+        serving = {"grpc": server, "raw-sync": os.getpid(), "grpc-noop": noop_pid,
+                   "producer-asyncio": os.getpid()}
 
-        def measured(name: str, call: Callable[[int], None]) -> None:
+        def measured(name: str, call: Callable[[int], None] | None) -> None:
             cpu = cpu_seconds(serving[name])
-            result = timed_threads(args.concurrency, args.seconds, call)
+            result = (timed_threads(args.concurrency, args.seconds, call) if call else
+                      durable_pass(stack.bootstrap, args.concurrency, args.seconds, users, rids))
             result["serving_cpu_ms_per_call"] = (
                 1000 * (cpu_seconds(serving[name]) - cpu) / max(1, result["calls"]))
             passes[name].append(result)
@@ -259,6 +304,7 @@ def main() -> None:
             for name, call in order if repeat % 2 == 0 else order[::-1]:
                 measured(name, call)
             passes["raw-pipelined"].append(pipelined(stack.bootstrap, args.seconds, users, rids))
+            measured("producer-asyncio", None)
             measured("grpc-noop", via_noop)
             print(f"repeat {repeat + 1}: " + ", ".join(
                 f"{k} {v[-1]['per_s']:.0f}/s" for k, v in passes.items()), flush=True)
@@ -305,6 +351,14 @@ def main() -> None:
                                       "high": f_high}
     print(f"no-op gRPC / raw-sync per round: {', '.join(f'{x:.2f}' for x in floor)}; "
           f"mean {f_mean:.2f}, 95% interval [{f_low:.2f}, {f_high:.2f}]")
+    own = [d["per_s"] / r["per_s"] for d, r in zip(passes["producer-asyncio"],
+                                                    passes["raw-sync"], strict=True)]
+    o_mean, o_low, o_high = t_interval(own)
+    ratio["producer_asyncio_vs_raw_sync"] = {"per_round": own, "mean": o_mean, "low": o_low,
+                                             "high": o_high}
+    print(f"DurableProducer (asyncio) / raw-sync per round: "
+          f"{', '.join(f'{x:.2f}' for x in own)}; "
+          f"mean {o_mean:.2f}, 95% interval [{o_low:.2f}, {o_high:.2f}]")
     for name, prof in profile.items():
         print(f"\n{name}: {prof['cpu_percent']:.0f}% CPU")
         if "shares" not in prof:
