@@ -226,3 +226,19 @@ def test_exported_adapter_is_plain_peft(tiny_model_dir: Path, tmp_path: Path) ->
         with pool.model.disable_adapter():
             base_logits = pool.model(input_ids=ids).logits
         assert not torch.allclose(fresh(input_ids=ids).logits, base_logits, atol=1e-3)
+
+
+def test_forgetting_users_even_the_active_and_last_one(tiny_model_dir: Path) -> None:
+    """An erased user's adapter, value head, optimiser and progress go, also when it is
+    the active adapter or the only one; training another user goes on."""
+    pool = make_pool(tiny_model_dir)
+    trainer = PPOTrainer(pool, FAST)
+    trainer.train_user("ann", PROMPTS, vowel_reward, steps=1)
+    trainer.train_user("ben", PROMPTS, vowel_reward, steps=1)
+    trainer.forget("ben")  # the active one
+    assert pool.resident_users() == ["ann"] and trainer.progress("ben").steps == 0
+    trainer.forget("ann")  # the last one
+    assert pool.resident_users() == [] and len(pool.model.peft_config) == 0
+    assert trainer.progress("ann").steps == 0
+    run = trainer.train_user("cat", PROMPTS, vowel_reward, steps=1)
+    assert run.steps == 1 and pool.resident_users() == ["cat"]
