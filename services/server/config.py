@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass, field
 
 from services.contract.auth import AuthConfig
-from services.contract.config import KafkaConfig
+from services.contract.config import ConfigError, KafkaConfig
+from services.server.diversity import check_spread
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,18 @@ class ServerConfig:
     seed) has one of them drawn from a comparison arm, the base model or the served
     adapter's parent version, instead of the user's adapter: online evaluation by
     the user's own rankings. Recorded on Kafka, never shown to the client. 0 disables."""
+    candidate_temperature_spread: float = 0.0
+    """Diversified candidates: the width of the temperature range the candidates of a
+    call for two or more are sampled across, centred on the requested temperature
+    (candidate i of n at ``t + spread * (i / (n - 1) - 1/2)``, clamped to
+    [0.05, ``limits.max_temperature``]; services/server/diversity.py). Greedy requests
+    (temperature 0) are left alone. 0 disables (every candidate at the requested
+    temperature)."""
     limits: GenerationLimits = field(default_factory=GenerationLimits)
     engine: EngineConfig = field(default_factory=EngineConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+
+    def __post_init__(self) -> None:
+        if problem := check_spread(self.candidate_temperature_spread):
+            raise ConfigError(problem)

@@ -20,6 +20,7 @@ from services.contract.errors import ContextTooLong, ResourceExhausted, Unavaila
 from services.contract.records import GenerationRecord
 from services.server.arms import ArmChoice, choose_arm
 from services.server.config import ServerConfig
+from services.server.diversity import candidate_temperatures
 from services.server.engine import Engine, Sampling
 from services.server.hot_swap import AdapterManager
 from services.server.kafka_io import DurableProducer
@@ -57,6 +58,11 @@ class _Call:
     """The candidate answered by a comparison arm (arms.py), if any."""
     parent: AdapterSlot | None = None
     """The parent arm's adapter, held for the call."""
+    temperatures: tuple[float, ...] = ()
+    """Each candidate's sampling temperature (diversity.py); empty: the requested one."""
+
+    def temperature(self, index: int) -> float:
+        return self.temperatures[index] if self.temperatures else self.params.temperature
 
     def engine_slot(self, index: int) -> AdapterSlot | None:
         """The adapter that answers candidate ``index`` (None: the base model)."""
@@ -104,8 +110,11 @@ class GenerationService:
                 arm = choose_arm(self._rng, self._cfg.comparison_rate, params.num_candidates,
                                  slot.version if slot else "", parent.version if parent else "",
                                  seeded=params.seed is not None)
+                temperatures = candidate_temperatures(
+                    params.temperature, params.num_candidates,
+                    self._cfg.candidate_temperature_spread, self._cfg.limits.max_temperature)
                 call = _Call(params, prompt_ids, uuid.uuid4().hex, slot, time.perf_counter(),
-                             arm, parent)
+                             arm, parent, tuple(temperatures))
                 if arm is not None:
                     self._metrics.comparison_candidates.labels(arm.arm).inc()
                 async with self._lora_cache(parent if arm and arm.arm == "parent" else None):
@@ -155,7 +164,7 @@ class GenerationService:
                          queue: asyncio.Queue[Chunk | BaseException]) -> None:
         p = call.params
         seed = None if p.seed is None else p.seed + index
-        sampling = Sampling(p.max_tokens, p.temperature, p.top_p, seed)
+        sampling = Sampling(p.max_tokens, call.temperature(index), p.top_p, seed)
         version = call.slot.version if call.slot else ""  # what the client is told
         engine_slot = call.engine_slot(index)
         arm = call.arm.arm if call.arm and call.arm.index == index else "served"
@@ -187,8 +196,9 @@ class GenerationService:
                 completion="".join(texts), completion_token_ids=tokens,
                 finish_reason=reason or "stop", adapter_version=version,
                 base_model=self._engine.model_id, created_at=time.time(), replica=self._replica,
-                sampling={"max_tokens": p.max_tokens, "temperature": p.temperature,
-                          "top_p": p.top_p, "seed": seed},
+                sampling={"max_tokens": p.max_tokens, "temperature": sampling.temperature,
+                          "requested_temperature": p.temperature, "top_p": p.top_p,
+                          "seed": seed},
                 arm=arm, arm_version=engine_slot.version if arm == "parent" and engine_slot else "",
             )
             await self._record(record)
