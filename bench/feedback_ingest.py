@@ -1,7 +1,7 @@
 """Feedback ingestion: SubmitFeedback calls per second (each acknowledged only after the
 broker's acks=all write) vs a raw kafka-python producer to the same broker, in one run.
 
-    python -m bench.feedback_ingest        # starts a private stack; about 2 min
+    python -m bench.feedback_ingest        # starts a private stack; about 5 min
 
 Three writers, interleaved over ``--repeats`` rounds of ``--seconds`` each (the order
 of ``grpc`` and ``raw-sync`` alternates from round to round):
