@@ -33,11 +33,9 @@ adapter residency and Kafka size for 10^4, 10^5 and 10^6 users.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import signal
 import subprocess
 import tempfile
 import threading
@@ -55,7 +53,7 @@ from services.contract.records import FeedbackRecord, GenerationRecord
 from services.contract.store import AdapterStore
 from services.devstack.broker import LocalBroker, free_port
 from tests.support.topics import isolated_kafka, trainer_topic_env
-from tests.support.trainer_proc import ALWAYS_PUBLISH, start_trainer
+from tests.support.trainer_proc import ALWAYS_PUBLISH, start_trainer, stop_all
 
 PARTITIONS = 4
 WORDS = ("sure", "here", "is", "a", "short", "answer", "with", "some", "detail", "about",
@@ -230,15 +228,7 @@ def run_phase(broker: LocalBroker, root: Path, n_trainers: int,
         rss = [rss_mb(p.pid) for p in procs]
     finally:
         feeder.stop()
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(procs)
         feeder.join(timeout=30)
 
     def delta(name: str) -> list[float]:

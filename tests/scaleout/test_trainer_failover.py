@@ -56,7 +56,7 @@ from services.devstack.broker import free_port
 from tests.conftest import make_server_config
 from tests.services.helpers import generate, wait_for_version
 from tests.support.topics import isolated_kafka, trainer_topic_env
-from tests.support.trainer_proc import ALWAYS_PUBLISH, journaled_ids, start_trainer
+from tests.support.trainer_proc import ALWAYS_PUBLISH, journaled_ids, start_trainer, stop_all
 
 PARTITIONS = 3
 RANKINGS = 4  # ALWAYS_PUBLISH makes a user due at 4 new events
@@ -217,15 +217,7 @@ def test_a_killed_trainers_users_move_to_the_survivor(failover_server, broker,  
             assert metric(ports[s], "personalize_trainer_users_quarantined") == 1
             assert metric(ports[s], "personalize_trainer_turn_failures_total") >= 1
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_all(procs)
 
         # the next version of each victim user descends from the one latest at the kill
         for user in victim_users:

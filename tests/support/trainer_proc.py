@@ -36,6 +36,19 @@ def start_trainer(bootstrap: str, state_dir: Path, store: Path, group: str, log:
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]], timeout_s: float = 60.0) -> None:
+    """SIGTERM every process still running, then wait; SIGKILL what does not end."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def journaled_ids(state_dir: Path, users: list[str]) -> list[str]:
     """Feedback ids in a trainer's training data (its journal), users in order."""
     from trainer.ingest.journal import Journal
