@@ -42,6 +42,20 @@ def broker() -> Iterator[object]:
     b.stop()
 
 
+@pytest.fixture(scope="module")
+def own_broker() -> Iterator[object]:
+    """A broker of the module alone: pausing it (SIGSTOP) disturbs no other test."""
+    import os
+    import signal
+
+    from services.devstack.broker import LocalBroker
+
+    b = LocalBroker().start()
+    yield b
+    os.kill(b.pid, signal.SIGCONT)
+    b.stop()
+
+
 @pytest.fixture(scope="session")
 def loop_thread() -> Iterator[LoopThread]:
     lt = LoopThread()

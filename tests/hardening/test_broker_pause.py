@@ -8,7 +8,6 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -19,15 +18,6 @@ from services.devstack.broker import LocalBroker
 from tests.services.helpers import generate
 from tests.support.topics import isolated_kafka, read_topic, trainer_topic_env
 from tests.support.trainer_proc import journaled_ids, start_trainer, wait_for_ids
-
-
-@pytest.fixture(scope="module")
-def own_broker() -> Iterator[LocalBroker]:
-    """A broker of this module alone: pausing it disturbs no other test."""
-    b = LocalBroker().start()
-    yield b
-    os.kill(b.pid, signal.SIGCONT)
-    b.stop()
 
 
 @pytest.fixture(scope="module")

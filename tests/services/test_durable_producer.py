@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -20,15 +19,6 @@ from services.contract.errors import Unavailable
 from services.devstack.broker import LocalBroker
 from services.server.kafka_io import Ack, DurableProducer
 from tests.support.topics import isolated_kafka, read_topic
-
-
-@pytest.fixture(scope="module")
-def own_broker() -> Iterator[LocalBroker]:
-    """A broker of this module alone: pausing it disturbs no other test."""
-    b = LocalBroker().start()
-    yield b
-    os.kill(b.pid, signal.SIGCONT)
-    b.stop()
 
 
 @pytest.fixture(scope="module")
