@@ -194,6 +194,21 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median: the order statistics (x_(k), x_(n-k+1))
+    with the largest k whose binomial coverage is still at least ``level``; (nan, nan)
+    when too few values reach it (fewer than 6 at 95%)."""
+    from scipy.stats import binom
+
+    ordered, n = sorted(values), len(values)
+    k = 0
+    while k + 1 <= n // 2 and 1 - 2 * binom.cdf(k, n, 0.5) >= level:
+        k += 1
+    if k == 0:
+        return float("nan"), float("nan")
+    return ordered[k - 1], ordered[n - k]
+
+
 def machine() -> dict[str, Any]:
     """What ran the benchmark, including how busy the host was."""
     cpu = ""

@@ -1,7 +1,8 @@
 """One PPO update: ours (trainer/ppo/trainer.py) vs TRL's PPOTrainer, same model, batch, lengths.
 
-    python -m bench.ppo                                   # SmolLM2-135M, about 4-5 min
-    python -m bench.ppo --model .cache/test-models/tiny-llama --updates 3   # quick
+    python -m bench.ppo          # SmolLM2-135M: 2 x 11 paired updates, about 35-45 min
+    python -m bench.ppo --model .cache/test-models/tiny-llama --updates 6 \
+        --full-value-updates 0   # quick
 
 TRL dropped PPO after 1.12 (``trl.experimental.ppo``, removed in 1.13), so the
 ``bench`` extra pins trl==1.12.0. Both sides run on the CPU in fp32 with the same
@@ -18,12 +19,15 @@ a separate value model (a second copy of the base model with a head, fully train
 its default) and takes the rollout log-probabilities from ``generate``'s scores;
 ours puts a linear value head on the policy's own last hidden state (one forward
 gives log-probs and values) and recomputes rollout log-probabilities with a forward
-pass. The two run in one process and alternate update by update (TRL's callback
-runs one of ours between its updates, outside TRL's timing), so a busy host slows
-both alike; each side's first update is an untimed warm-up, then ``--updates``
-timed ones, and the table shows the median. ``--trl-frozen-value`` adds a TRL run
-whose value backbone is frozen (only its head trains), closer to our value head;
-``--minilm`` times ours with the production reward model (frozen MiniLM + heads).
+pass. The headline comparison is like for like: TRL's value backbone frozen (only its
+head trains, as ours is a head on the policy), the same LoRA, the same tokens; the
+second keeps TRL's default (its whole value model trained). In each, the two run in
+one process and alternate update by update (TRL's callback runs one of ours between
+its updates, outside TRL's timing), so a busy host slows both alike; each side's
+first update is an untimed warm-up, then ``--updates`` (``--full-value-updates``)
+timed pairs. The ratio ours/TRL of each pair is reported with the median and its
+distribution-free 95% interval (order statistics). ``--minilm`` also times ours with
+the production reward model (frozen MiniLM + heads), alone.
 """
 
 from __future__ import annotations
@@ -38,7 +42,16 @@ from typing import Any
 
 import torch
 
-from bench.common import DEFAULT_MODEL, PROMPTS, Deadline, median, settle, table, write_result
+from bench.common import (
+    DEFAULT_MODEL,
+    PROMPTS,
+    Deadline,
+    median,
+    median_interval,
+    settle,
+    table,
+    write_result,
+)
 
 ChatPrompt = list[dict[str, str]]
 
@@ -193,6 +206,17 @@ def run_trl(args: argparse.Namespace, frozen_value: bool,
             "trainable_params": trainable}
 
 
+def interleaved(args: argparse.Namespace, ours: Ours, frozen_value: bool, updates: int
+                ) -> tuple[dict[str, Any], dict[str, Any], list[float]]:
+    """TRL and ours alternate update by update (each of ours right after one of TRL's,
+    outside TRL's timing), so a busy host slows both alike: (ours, TRL, paired ratios)."""
+    run_args = argparse.Namespace(**{**vars(args), "updates": updates})
+    ours_times: list[float] = []
+    trl = run_trl(run_args, frozen_value, between=lambda: ours_times.append(ours.update()))
+    mine = ours.result(ours_times[1:])  # the first ran after TRL's untimed warm-up
+    return mine, trl, [o / t for o, t in zip(mine["update_s"], trl["update_s"], strict=False)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -201,61 +225,66 @@ def main() -> None:
     p.add_argument("--mini-batch", type=int, default=4, help="sequences per gradient step")
     p.add_argument("--epochs", type=int, default=2, help="PPO epochs per update")
     p.add_argument("--tokens", type=int, default=48, help="sampled tokens per completion")
-    p.add_argument("--updates", type=int, default=3, help="timed updates per side")
+    p.add_argument("--updates", type=int, default=10,
+                   help="timed paired updates per side, like for like (TRL's value backbone "
+                        "frozen, as ours)")
+    p.add_argument("--full-value-updates", type=int, default=10,
+                   help="timed paired updates against TRL's default (its whole value model "
+                        "trained); 0 skips that comparison")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: the trainer's setting in the local stack, and "
                         "steadier on a shared host)")
-    p.add_argument("--trl-frozen-value", action="store_true",
-                   help="also TRL with a frozen value backbone (not interleaved)")
     p.add_argument("--minilm", action="store_true",
                    help="also ours with the production reward model (not interleaved)")
-    p.add_argument("--max-seconds", type=float, default=600, help="skip runs left after this")
+    p.add_argument("--max-seconds", type=float, default=3600,
+                   help="skip comparisons left after this")
     p.add_argument("--out", default="")
     args = p.parse_args()
     settle()
     torch.set_num_threads(args.threads)
     budget = Deadline(args.max_seconds)
-    rows = []
-
-    # 1. ours and TRL alternate, update by update, so a busy host slows both alike
     ours = Ours(args, minilm=False)
-    ours_times: list[float] = []
-    trl = run_trl(args, frozen_value=False, between=lambda: ours_times.append(ours.update()))
-    for name, result in (("ours", ours.result(ours_times[1:])), ("trl", trl)):
-        rows.append({"implementation": name, "interleaved": True, **result})
-        print(f"{name}: {result['update_s']}", flush=True)
-    # each of ours ran right after one of TRL's: the ratio of each such pair
-    paired = [o / t for o, t in zip(ours_times[1:], trl["update_s"], strict=False)]
-    print(f"paired ratios ours/TRL: {[round(x, 2) for x in paired]}", flush=True)
+    comparisons = []
 
-    # 2. variants, one after the other
-    extra: list[tuple[str, Callable[[], dict[str, Any]]]] = []
-    if args.trl_frozen_value:
-        extra.append(("trl, value backbone frozen", lambda: run_trl(args, frozen_value=True)))
-    if args.minilm:
-        extra.append(("ours, MiniLM personal reward", lambda: run_ours(args, minilm=True)))
-    for name, run in extra:
-        if budget.passed():
-            print(f"time budget used up: {name} skipped", flush=True)
+    # 1. like for like first (the headline), then TRL's default value model; each a run
+    #    of paired updates interleaved with ours
+    for name, frozen, updates in (("TRL, value backbone frozen (like for like)", True,
+                                   args.updates),
+                                  ("TRL, whole value model trained (its default)", False,
+                                   args.full_value_updates)):
+        if updates <= 0 or budget.passed():
+            print(f"{name}: skipped", flush=True)
             continue
-        result = run()
+        mine, trl, paired = interleaved(args, ours, frozen, updates)
         gc.collect()
-        rows.append({"implementation": name, "interleaved": False, **result})
-        print(f"{name}: {result['update_s']}", flush=True)
-    for r in rows:
-        r["median_update_s"] = median(r["update_s"])
-    trl_s = next((r["median_update_s"] for r in rows if r["implementation"] == "trl"), None)
-    for r in rows:
-        r["vs_trl"] = r["median_update_s"] / trl_s if trl_s else float("nan")
-    print(table(["implementation", "update s (median)", "vs TRL", "min s", "max s", "tokens",
-                 "trainable params", "updates"],
-                [[r["implementation"], r["median_update_s"], r["vs_trl"], min(r["update_s"]),
-                  max(r["update_s"]), r["response_length"], f"{r['trainable_params']:,}",
-                  len(r["update_s"])] for r in rows]))
+        lo, hi = median_interval(paired)
+        comparisons.append({"peer": name, "frozen_value": frozen, "ours": mine, "trl": trl,
+                            "paired_ratios": paired, "ratio_median": median(paired),
+                            "ratio_lo": lo, "ratio_hi": hi})
+        print(f"{name}: ours/TRL per pair {[round(x, 2) for x in paired]}", flush=True)
+
+    # 2. optional: ours with the production reward model, alone
+    extra = run_ours(args, minilm=True) if args.minilm and not budget.passed() else None
+    rows = []
+    for c in comparisons:
+        for side, label in (("trl", c["peer"]), ("ours", "ours (trainer/ppo/trainer.py)")):
+            r = c[side]
+            rows.append([label, median(r["update_s"]), min(r["update_s"]),
+                         max(r["update_s"]), len(r["update_s"]), r["response_length"],
+                         f"{r['trainable_params']:,}"])
+    if extra is not None:
+        rows.append(["ours, MiniLM personal reward (alone)", median(extra["update_s"]),
+                     min(extra["update_s"]), max(extra["update_s"]), len(extra["update_s"]),
+                     extra["response_length"], f"{extra['trainable_params']:,}"])
+    print(table(["implementation", "update s (median)", "min s", "max s", "updates",
+                 "tokens", "trainable params"], rows))
+    print(table(["ours vs", "paired updates", "ratio ours/TRL, median", "95% interval"],
+                [[c["peer"], len(c["paired_ratios"]), c["ratio_median"],
+                  f"{c['ratio_lo']:.2f} - {c['ratio_hi']:.2f}"] for c in comparisons]))
     settings = vars(args) | {"model_dir": str(Path(args.model).resolve().name),
                              "torch": torch.__version__}
-    write_result("ppo", settings, {"rows": rows, "paired_ratios": paired,
-                                   "paired_ratio_median": median(paired)}, args.out or None)
+    write_result("ppo", settings, {"comparisons": comparisons, "minilm": extra},
+                 args.out or None)
 
 
 if __name__ == "__main__":
