@@ -117,7 +117,8 @@ class ServerConfig:
     (candidate i of n at ``t + spread * (i / (n - 1) - 1/2)``, clamped to
     [0.05, ``limits.max_temperature``]; services/server/diversity.py). Greedy requests
     (temperature 0) are left alone. 0 disables (every candidate at the requested
-    temperature)."""
+    temperature), the default: bench.diversity measured no gain in rankings-to-target
+    with SmolLM2 (docs/benchmarks.md)."""
     limits: GenerationLimits = field(default_factory=GenerationLimits)
     engine: EngineConfig = field(default_factory=EngineConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
