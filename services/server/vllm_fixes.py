@@ -15,6 +15,11 @@ personalisation leaking into another's (reported upstream as vLLM PR #48421).
 
 The wrapped ops zero the input rows of -1 tokens and gather a valid slot for them,
 so their LoRA delta is exactly 0; rows with an adapter are computed as before.
+
+Seeded requests on the CPU backend
+----------------------------------
+A seeded request whose prompt is prefilled over several steps killed the engine (a CPU
+generator cannot be rewound by offset); ``vllm_seeded.py`` makes it rewindable.
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ def skip_no_lora(op: Callable[..., Any]) -> Callable[..., Any]:
 
 def register() -> None:
     """Install the fixes (idempotent); the ``vllm.general_plugins`` entry point."""
+    from services.server import vllm_seeded
+
+    vllm_seeded.register()  # seeded sampling on the CPU backend (see vllm_seeded.py)
     try:
         from vllm.lora.ops.torch_ops import lora_ops
         from vllm.lora.punica_wrapper import punica_cpu
@@ -86,7 +94,14 @@ def check_plugin_enabled() -> None:
 
 
 def installed() -> bool:
-    """Whether the CPU LoRA ops in this process are the fixed ones."""
+    """Whether the fixes are installed in this process: the CPU LoRA ops, and the
+    seeded-sampling wrappers of the model runner and the sampler."""
     from vllm.lora.punica_wrapper import punica_cpu
+    from vllm.v1.sample.sampler import Sampler
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    return all(getattr(getattr(punica_cpu, n), _MARK, False) for n in _OPS)
+    from services.server.vllm_seeded import WRAPPED
+
+    return (all(getattr(getattr(punica_cpu, n), _MARK, False) for n in _OPS)
+            and all(getattr(f, WRAPPED, False)
+                    for f in (GPUModelRunner._update_states, Sampler.forward)))
