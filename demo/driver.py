@@ -11,6 +11,7 @@ prompt and seed stayed byte-identical (``demo.evaluation``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -90,9 +92,21 @@ class UserState:
     """The served version under the library's preferences independent of the user's."""
     identity: IdentityLedger = field(default_factory=IdentityLedger)
     """This user's probe answers, compared whenever another user's version changed."""
-    online: Tally = field(default_factory=Tally)
-    """The same served version vs base, judged online by the trainer: the user's own
-    rankings of interleaved comparison candidates (GetUserStatus online_vs_base)."""
+    simulated: dict[str, Tally] = field(default_factory=dict)
+    """Each served version's simulated win rate vs base (``win`` when it was measured)."""
+    online: dict[str, Tally] = field(default_factory=dict)
+    """Each version's win rate vs base judged online by the trainer: the user's own
+    rankings of interleaved comparison candidates while it was served (ListVersions'
+    and GetUserStatus' online_vs_base)."""
+
+    @property
+    def online_check(self) -> tuple[str, Tally, Tally] | None:
+        """(version, simulated, online) of the newest version measured both ways."""
+        both = [v for v, t in self.online.items() if t.n and v in self.simulated]
+        if not both:
+            return None
+        version = max(both, key=lambda v: int(v[1:]))
+        return version, self.simulated[version], self.online[version]
     best: Tally = field(default_factory=Tally)
     feedback_at_best: int = 0
     """Feedback events sent when the best win rate so far was first measured."""
@@ -210,13 +224,24 @@ class Simulation:
         if status.adapter_version and status.adapter_version != state.version:
             self._evaluate(state, status.adapter_version)
             self._check_identity(state)
-        online = status.online_vs_base
-        state.online = Tally(online.wins, online.ties, online.losses) \
-            if online.version and online.version == state.version else Tally()
+        self._read_online(state, status.online_vs_base)
         lo, hi = state.win.interval()
         state.history.append(Point(self.elapsed(), state.feedback, state.rankings,
                                    state.version, state.rm_accuracy, state.rm_accuracy_shared,
                                    state.win.rate, lo, hi))
+
+    def _read_online(self, state: UserState, current: Any) -> None:
+        """The trainer's online tallies: every version's from ListVersions (an operator
+        call; the demo's stack runs without auth), else the served one's from the
+        status. A tally only grows while its version is served; the largest is kept."""
+        found = [current]
+        with contextlib.suppress(grpc.RpcError):  # e.g. auth on: the status has the
+            found += [v.online_vs_base for v in  # served version's
+                      self._client.list_versions(state.user.user_id).versions]
+        for w in found:
+            tally = Tally(w.wins, w.ties, w.losses)
+            if w.version and tally.n >= state.online.get(w.version, Tally()).n:
+                state.online[w.version] = tally
 
     def _evaluate(self, state: UserState, version: str) -> None:
         answers = self._answers(state.user.user_id, base_model=False)
@@ -224,7 +249,7 @@ class Simulation:
         state.version = max(served, key=lambda v: int(v[1:])) if served else version
         texts: Answers = {k: a.text for k, a in answers.items()}
         pref = state.user.preference
-        state.win = compare(pref, texts, self._base)
+        state.win = state.simulated[state.version] = compare(pref, texts, self._base)
         state.leaks = leakage(pref, texts, self._base)
         if state.win.rate > state.best.rate:
             state.best, state.feedback_at_best = state.win, state.feedback

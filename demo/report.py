@@ -28,8 +28,7 @@ def summary(sim: Simulation) -> list[dict[str, Any]]:
             "win_rate": s.win.rate, "win_lo": lo, "win_hi": hi, "comparisons": s.win.n,
             "win": s.win.as_dict(), "best_win_rate": s.best.rate, "best_win": s.best.as_dict(),
             "feedback_at_best": s.feedback_at_best,
-            "online": s.online.as_dict(), "online_agrees": agree(s.win, s.online),
-            "online_difference": list(difference(s.win, s.online)) if s.online.n else None,
+            "online_checks": online_checks(s),
             "leakage": [lk.as_dict() for lk in s.leaks],
             "leakage_worst": top.as_dict() if top else None,
             "identity": s.identity.as_dict(),
@@ -101,7 +100,8 @@ def write_report(sim: Simulation, settings: dict[str, Any], out: Path) -> dict[s
         "(Newcombe) holds 0.", "",
         "![curves](curves.png)", "",
         _md_row(["user", "hidden preference", "feedback (rankings)", "adapter", "RM acc",
-                 "shared RM acc", "win rate vs base [95%] n", "online vs base [95%] n",
+                 "shared RM acc", "win rate vs base [95%] n",
+                 "online vs base per version [95%] n, vs simulated",
                  "best (at feedback)", "worst leakage, pts [interval]",
                  "byte-identical probes"]),
         _md_row(["---"] * 11),
@@ -127,17 +127,31 @@ def identity_total(rows: list[dict[str, Any]]) -> dict[str, int]:
     return {k: sum(r["identity"][k] for r in rows) for k in keys}
 
 
+def online_checks(state: UserState) -> list[dict[str, Any]]:
+    """Every version measured both ways: simulated and online tallies, the difference
+    (simulated - online) with its interval, and whether they agree."""
+    out = []
+    for version, online in sorted(state.online.items(), key=lambda kv: int(kv[0][1:])):
+        simulated = state.simulated.get(version)
+        if simulated is None or not online.n:
+            continue
+        out.append({"version": version, "simulated": simulated.as_dict(),
+                    "online": online.as_dict(), "agrees": agree(simulated, online),
+                    "difference": list(difference(simulated, online))})
+    return out
+
+
 def fmt_online(row: dict[str, Any]) -> str:
-    """``61% [48-73%] n=52; agrees (-5 pts [-19, +9])``; ``-`` before any comparison."""
-    online = row["online"]
-    if not online["n"]:
-        return "-"
-    rate = f"{online['rate']:.0%} [{online['lo']:.0%}-{online['hi']:.0%}] n={online['n']}"
-    if row["online_agrees"] is None:
-        return rate
-    d, lo, hi = (100 * x for x in row["online_difference"])
-    return (f"{rate}; {'agrees' if row['online_agrees'] else 'DISAGREES'} "
-            f"({d:+.0f} pts [{lo:+.0f}, {hi:+.0f}])")
+    """Each version measured both ways: ``v2 61% [48-73%] n=52, agrees (-5 pts [-19,
+    +9])``; ``-`` when none is."""
+    parts = []
+    for c in row["online_checks"]:
+        online, (d, lo, hi) = c["online"], (100 * x for x in c["difference"])
+        parts.append(f"{c['version']} {online['rate']:.0%} [{online['lo']:.0%}-"
+                     f"{online['hi']:.0%}] n={online['n']}, "
+                     f"{'agrees' if c['agrees'] else 'DISAGREES'} "
+                     f"({d:+.0f} pts [{lo:+.0f}, {hi:+.0f}])")
+    return "; ".join(parts) or "-"
 
 
 def fmt_leak(leak: dict[str, Any] | None) -> str:

@@ -35,11 +35,15 @@ def _leak(state: UserState) -> Text:
 
 
 def _online(state: UserState) -> Text:
-    """The online win rate vs base, red when it disagrees with the simulated one."""
-    verdict = agree(state.win, state.online)
-    return Text(fmt_rate(state.online) + ("" if verdict is None else
-                                          " agrees" if verdict else " DISAGREES"),
-                style="red" if verdict is False else "")
+    """The newest version's online win rate vs base, red when it disagrees with the
+    simulated one of the same version."""
+    check = state.online_check
+    if check is None:
+        return Text("-")
+    version, simulated, online = check
+    verdict = agree(simulated, online)
+    return Text(f"{version}: {fmt_rate(online)} {'agrees' if verdict else 'DISAGREES'}",
+                style="" if verdict else "red")
 
 
 def _identity(state: UserState) -> Text:
