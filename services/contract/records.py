@@ -51,12 +51,16 @@ class Record:
 
     @classmethod
     def from_json(cls: type[T], raw: bytes) -> T:
-        body = json_object(raw, RecordError)
+        return cls.from_body(json_object(raw, RecordError))
+
+    @classmethod
+    def from_body(cls: type[T], body: dict[str, Any]) -> T:
+        """The record from its parsed JSON object (``from_json`` without the parse)."""
         if body.get("schema_version") != SCHEMA_VERSION:
             raise RecordError(f"unsupported schema_version {body.get('schema_version')!r}")
         if body.get("type") != cls.TYPE:
             raise RecordError(f"expected type {cls.TYPE!r}, got {body.get('type')!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = _field_names(cls)
         try:
             return cls(**{k: v for k, v in body.items() if k in names})
         except TypeError as exc:
@@ -135,8 +139,9 @@ class ErasureRecord(Record):
 
 def parse_feedback_topic(raw: bytes) -> FeedbackRecord | ErasureRecord:
     """A record of the ``feedback`` topic: feedback or a user's erasure (by ``type``)."""
-    body_type = json_object(raw, RecordError).get("type")
-    return (ErasureRecord if body_type == ErasureRecord.TYPE else FeedbackRecord).from_json(raw)
+    body = json_object(raw, RecordError)
+    kind = ErasureRecord if body.get("type") == ErasureRecord.TYPE else FeedbackRecord
+    return kind.from_body(body)
 
 
 @dataclass(frozen=True)

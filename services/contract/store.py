@@ -241,8 +241,9 @@ class AdapterStore:
         stored weights).
         """
         self._check_parent(user_id, parent_version)
-        self._check_erasure(user_id, known_erasure)
-        floor = self.read_control(user_id).erased_through
+        control = self.read_control(user_id)
+        self._check_erasure(user_id, known_erasure, control)
+        floor = control.erased_through
         version = f"v{max(version_number(parent_version) if parent_version else 0, floor) + 1}"
         udir = self.user_dir(user_id)
         udir.mkdir(parents=True, exist_ok=True)
@@ -280,10 +281,13 @@ class AdapterStore:
         if latest != parent_version:
             raise StaleParent(user_id, parent_version, latest)
 
-    def _check_erasure(self, user_id: str, known_erasure: float | None) -> None:
+    def _check_erasure(self, user_id: str, known_erasure: float | None,
+                       control: UserControl | None = None) -> None:
+        """Erased when the user was erased after ``known_erasure`` (None: not checked);
+        ``control``: the user's control state if already read."""
         if known_erasure is None:
             return
-        erased_at = self.read_control(user_id).erased_at
+        erased_at = (control or self.read_control(user_id)).erased_at
         if erased_at > known_erasure:
             raise Erased(user_id, known_erasure, erased_at)
 

@@ -113,8 +113,7 @@ class AdapterManager:
             await self._forget(user_id, control.erased_at)
         if control.reset:
             async with self._locks.setdefault(user_id, asyncio.Lock()):
-                for done in self._registry.remove(user_id):
-                    await self._unload(done)
+                await self._route_to_base(user_id)
             log.info("serving %s with the base model (reset)", user_id)
             return
         for version in reversed(await asyncio.to_thread(self._store.versions, user_id)):
@@ -125,8 +124,7 @@ class AdapterManager:
     async def _forget(self, user_id: str, erased_at: float) -> None:
         """The user was erased: unload its adapters and drop what this replica keeps."""
         async with self._locks.setdefault(user_id, asyncio.Lock()):
-            for done in self._registry.remove(user_id):
-                await self._unload(done)
+            await self._route_to_base(user_id)
             self._refused = {(u, v) for u, v in self._refused if u != user_id}
             self._erased[user_id] = erased_at
         for listener in self._erase_listeners:
@@ -134,6 +132,12 @@ class AdapterManager:
         self._metrics.active_adapters.set(self._registry.active)
         log.info("user %s was erased: serving the base model, per-user state dropped",
                  user_id)
+
+    async def _route_to_base(self, user_id: str) -> None:
+        """Serve the user the base model; unload the slots no request holds (the user's
+        lock held)."""
+        for done in self._registry.remove(user_id):
+            await self._unload(done)
 
     def _verify(self, user_id: str, version: str) -> AdapterManifest:
         return self._store.verify(user_id, version, self._engine.model_id, self._max_rank,

@@ -191,11 +191,6 @@ class PolicyPool:
         self._drop(user_id)
         logger.info("evicted adapter of user %s", user_id)
 
-    def forget(self, user_id: str) -> None:
-        """Drop an erased user's adapter and value head (evict hooks run: they only drop
-        what other parts keep of the resident user)."""
-        self.evict(user_id)
-
     def export_adapter(self, user_id: str, out_dir: Path) -> Path:
         """Write the user's adapter in PEFT format (adapter_config.json, adapter_model.safetensors,
         loadable by vLLM and PEFT) plus value_head.safetensors into ``out_dir``."""

@@ -73,9 +73,9 @@ class PPOTrainer:
         return self._progress.get(user_id, UserProgress(steps=0, kl_coef=self.config.kl_coef))
 
     def forget(self, user_id: str) -> None:
-        """Drop everything of an erased user: adapter, value head, optimiser, progress."""
-        self.pool.forget(user_id)
-        self._optimizers.pop(user_id, None)
+        """Drop everything of an erased user: adapter, value head, optimiser (by the evict
+        hook), progress."""
+        self.pool.evict(user_id)
         self._progress.pop(user_id, None)
 
     def set_progress(self, user_id: str, progress: UserProgress) -> None:

@@ -57,7 +57,7 @@ class SharedSample:
         keyed = sorted(((stable_hash(str(self.seed), user_id, *_key(e)), e)
                         for e in [*pairs, *thumbs]), key=lambda item: item[0])
         keyed = keyed[:self.per_user]
-        self._size -= len(self._by_user.pop(user_id, []))
+        self.remove(user_id)
         if keyed:
             self._by_user[user_id] = keyed
             self._size += len(keyed)
