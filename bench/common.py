@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,6 +192,28 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and a t interval over rounds; the interval is nan with fewer than 2 values."""
+    from scipy import stats
+
+    mean = statistics.fmean(values) if values else float("nan")
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    spread = statistics.stdev(values) / len(values) ** 0.5
+    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1)) * spread
+    return mean, mean - half, mean + half
+
+
+def verdict(low: float, point: float, high: float, ok: Callable[[float], bool]) -> str:
+    """met / not met by the point estimate, and whether the interval decides it."""
+    if point != point:  # nan
+        return "not measured"
+    word = "met" if ok(point) else "not met"
+    if low == low and ok(low) == ok(high) == ok(point):
+        return word
+    return word + " (interval straddles the target)"
 
 
 def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:

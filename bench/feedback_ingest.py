@@ -55,10 +55,11 @@ from bench.common import (
     percentile,
     private_stack,
     settle,
+    t_interval,
     table,
+    verdict,
     write_result,
 )
-from bench.http_api import t_interval, verdict
 from bench.profile import SERVER_PARTS, profile_engine
 from personalize.v1 import assistant_pb2 as pb
 from services.client.sdk import AssistantClient

@@ -38,7 +38,6 @@ import contextlib
 import dataclasses
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,7 +60,9 @@ from bench.common import (
     percentile,
     private_stack,
     settle,
+    t_interval,
     table,
+    verdict,
     write_result,
 )
 from services.client.sdk import AssistantClient
@@ -248,28 +249,6 @@ def run_pass(send: Sender, requests: int, probe: tuple[str, str] | None = None
 
 
 # --- statistics -------------------------------------------------------------------------------
-
-
-def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and a t interval over rounds; the interval is nan with fewer than 2 values."""
-    from scipy import stats
-
-    mean = statistics.fmean(values) if values else float("nan")
-    if len(values) < 2:
-        return mean, float("nan"), float("nan")
-    spread = statistics.stdev(values) / len(values) ** 0.5
-    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1)) * spread
-    return mean, mean - half, mean + half
-
-
-def verdict(low: float, point: float, high: float, ok: Callable[[float], bool]) -> str:
-    """met / not met by the point estimate, and whether the interval decides it."""
-    if point != point:  # nan
-        return "not measured"
-    word = "met" if ok(point) else "not met"
-    if low == low and ok(low) == ok(high) == ok(point):
-        return word
-    return word + " (interval straddles the target)"
 
 
 # --- the run ---------------------------------------------------------------------------------
