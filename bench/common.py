@@ -286,3 +286,14 @@ class Deadline:
 
     def passed(self) -> bool:
         return self.left() <= 0
+
+
+def paired_difference(ours: Sequence[float], theirs: Sequence[float],
+                      level: float = 0.95) -> dict[str, float]:
+    """Matched pairs ``ours[i] - theirs[i]``: the median difference with its distribution-free
+    (sign-test) interval, the mean with a t interval, and ``n`` pairs."""
+    diffs = [a - b for a, b in zip(ours, theirs, strict=True)]
+    low, high = median_interval(diffs, level)
+    mean, mean_low, mean_high = t_interval(diffs, level)
+    return {"median": median(diffs), "low": low, "high": high, "mean": mean,
+            "mean_low": mean_low, "mean_high": mean_high, "n": float(len(diffs))}
