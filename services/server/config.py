@@ -43,6 +43,16 @@ class EngineConfig:
     """Sequences the engine schedules at once."""
     seed: int = 0
     """Engine seed."""
+    lora_cpu_ops: str = "fast"
+    """Multi-LoRA ops of vLLM's CPU backend: ``fast`` (services/server/lora_cpu_ops.py:
+    each token reads its adapter's weights in place, a C++ kernel built once under
+    .cache/torch-extensions, grouped PyTorch ops where it cannot be built) or ``vllm``
+    (vLLM's own torch ops, which copy every token's adapter weights). Same greedy
+    outputs; exported to the engine's processes as ``PERSONALIZE_LORA_CPU_OPS``."""
+
+    def __post_init__(self) -> None:
+        if self.lora_cpu_ops not in ("fast", "vllm"):
+            raise ConfigError(f"lora_cpu_ops must be 'fast' or 'vllm', not {self.lora_cpu_ops!r}")
 
     @property
     def served_model_id(self) -> str:

@@ -7,6 +7,7 @@ implements it on ``vllm.v1.engine.async_llm.AsyncLLM`` with LoRA enabled.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -71,9 +72,11 @@ class VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from services.server import lora_cpu_ops
         from services.server.vllm_fixes import check_plugin_enabled, register
 
         check_plugin_enabled()  # vLLM's own processes load the fixes by the entry point
+        os.environ[lora_cpu_ops.ENV] = cfg.lora_cpu_ops  # read there by the plugin
         register()
         start = time.perf_counter()
         args = AsyncEngineArgs(

@@ -16,6 +16,12 @@ personalisation leaking into another's (reported upstream as vLLM PR #48421).
 The wrapped ops zero the input rows of -1 tokens and gather a valid slot for them,
 so their LoRA delta is exactly 0; rows with an adapter are computed as before.
 
+Faster multi-LoRA on the CPU backend
+------------------------------------
+Unless ``PERSONALIZE_LORA_CPU_OPS=vllm`` (``EngineConfig.lora_cpu_ops``), the CPU punica
+wrapper runs ``lora_cpu_ops.py`` instead of vLLM's torch ops: the same numerics without
+a per-token copy of the adapters' weights, and no delta for -1 tokens either.
+
 Seeded requests on the CPU backend
 ----------------------------------
 A seeded request whose prompt is prefilled over several steps killed the engine (a CPU
@@ -58,7 +64,7 @@ def skip_no_lora(op: Callable[..., Any]) -> Callable[..., Any]:
 
 def register() -> None:
     """Install the fixes (idempotent); the ``vllm.general_plugins`` entry point."""
-    from services.server import vllm_seeded
+    from services.server import lora_cpu_ops, vllm_seeded
 
     vllm_seeded.register()  # seeded sampling on the CPU backend (see vllm_seeded.py)
     try:
@@ -72,6 +78,12 @@ def register() -> None:
         setattr(lora_ops, name, fixed)  # what the sgmv_* prefill ops call
         if hasattr(punica_cpu, name):
             setattr(punica_cpu, name, fixed)  # what the CPU wrapper imported
+    if lora_cpu_ops.mode() == "fast":
+        lora_cpu_ops.install()  # its ops give -1 tokens no delta by construction
+        for op in lora_cpu_ops.OPS.values():
+            setattr(op, _MARK, True)
+    else:
+        lora_cpu_ops.uninstall({n: getattr(lora_ops, n) for n in lora_cpu_ops.OPS})
 
 
 ENTRY_POINT = "personalize_fixes"
