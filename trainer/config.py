@@ -65,17 +65,28 @@ class PublishConfig:
     32-token answer allows the style shifts users ask for."""
     max_empty_share: float = 0.1
     """Share of empty answers above which a candidate is refused (when the served
-    adapter's share is lower)."""
+    adapter's share is lower by more than ``degenerate_margin``)."""
     max_truncated_share: float = 0.5
     """Share of answers cut at the token limit above which a candidate is refused (when
-    the served adapter's share is lower)."""
+    the served adapter's share is lower by more than ``degenerate_margin``)."""
     max_repetitive_share: float = 0.25
     """Share of repetitive answers above which a candidate is refused (when the served
-    adapter's share is lower)."""
+    adapter's share is lower by more than ``degenerate_margin``)."""
+    degenerate_margin: float = 0.2
+    """How much larger than the served adapter's a candidate's share of empty, truncated or
+    repetitive answers must be to refuse it. The gate compares few samples (16 by
+    default: one answer is 6 points), and at a short sample length most answers of any
+    adapter are cut at the limit: 15 of 16 against 14 of 16 is noise, not a defect."""
     repetition_ngram: int = 4
     """Word n-gram length of the repetition check."""
     max_repeated_ngram_share: float = 0.3
     """An answer whose share of repeated n-grams is above this counts as repetitive."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_empty_share", "max_truncated_share", "max_repetitive_share",
+                     "degenerate_margin", "max_repeated_ngram_share"):
+            if not 0.0 <= (value := getattr(self, name)) <= 1.0:
+                raise ValueError(f"PublishConfig.{name} must be in [0, 1], got {value}")
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,20 @@ def test_verdict_refuses_degenerate_outputs_worse_than_the_served(field: str) ->
     # no worse than what is served already (e.g. a model that never ends at this limit)
     same = verdict(gate, 2, _sample(0.0, **{field: 0.9}), _sample(1.0, **{field: 0.9}))
     assert same.publish
+    # a little worse than what is served, within the margin: noise of a 16-sample gate
+    # (a concise user's candidate cut 16 of 16 times where the served one was cut 14 of 16)
+    near = verdict(gate, 2, _sample(0.0, **{field: 0.875}), _sample(1.0, **{field: 1.0}))
+    assert near.publish
+    beyond = verdict(PublishConfig(degenerate_margin=0.1), 2,
+                     _sample(0.0, **{field: 0.875}), _sample(1.0, **{field: 1.0}))
+    assert (beyond.publish, beyond.reason) == (False, "degenerate")
+
+
+def test_publish_config_refuses_shares_outside_zero_one() -> None:
+    with pytest.raises(ValueError, match="degenerate_margin"):
+        PublishConfig(degenerate_margin=-0.1)
+    with pytest.raises(ValueError, match="max_truncated_share"):
+        PublishConfig(max_truncated_share=1.5)
 
 
 def test_output_health_counts_empty_truncated_and_repetitive_answers() -> None:

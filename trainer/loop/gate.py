@@ -4,8 +4,9 @@ one seed, through the same rollout-and-score step as PPO, and the verdict.
 The gate trusts the user's judge (``PersonalRewardModel.judge``: a second reward head
 trained on the other half of the user's prompts, which PPO never optimised), not the
 reward PPO just optimised; both scores are reported. It also refuses a candidate whose
-outputs degenerate (empty, cut at the token limit, repetitive) more than the served
-adapter's and beyond the configured shares, and one too far from the base model (KL).
+outputs degenerate (empty, cut at the token limit, repetitive) beyond the configured
+shares and beyond the served adapter's by more than a margin (the samples are few), and
+one too far from the base model (KL).
 """
 
 from __future__ import annotations
@@ -108,12 +109,13 @@ def verdict(gate: PublishConfig, steps: int, old: AdapterSample,
 
 
 def _degenerate(gate: PublishConfig, old: OutputHealth, new: OutputHealth) -> str | None:
-    """What broke, when the candidate is worse than the served adapter beyond a bound."""
+    """What broke, when the candidate's share is beyond a bound and beyond the served
+    adapter's by more than the margin."""
     for name, bound in (("empty", gate.max_empty_share),
                         ("truncated", gate.max_truncated_share),
                         ("repetitive", gate.max_repetitive_share)):
         share, before = getattr(new, name), getattr(old, name)
-        if share > bound and share > before:
+        if share > bound and share > before + gate.degenerate_margin:
             return f"{name} {share:.0%} > {bound:.0%}, served {before:.0%}"
     return None
 
