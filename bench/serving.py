@@ -1,24 +1,32 @@
 """Decode throughput through the public API: the base model vs 1, 8 and 64 distinct user
-adapters, same engine, same prompts, greedy, side by side in one run.
+adapters, same prompts, greedy, side by side in one run, with the project's CPU LoRA ops
+(``fast``, services/server/lora_cpu_ops.py) and with vLLM's own (``vllm``).
 
-    python -m bench.serving                      # starts a private stack (about 4-6 min)
+    python -m bench.serving                      # two private stacks (about 10-12 min)
+    python -m bench.serving --ops fast           # one stack, ours only
     python -m bench.serving --server HOST:PORT --store DIR --bootstrap HOST:PORT
 
-Every user's adapter is published (store + ``adapter-updates``) and loaded by the
-server before timing; a short warm-up pass activates them in the engine. Each pass
-sends ``--requests`` requests with ``--concurrency`` in flight, users round-robin, and
-passes are interleaved (base, 1, 8, 64, base, ...) ``--repeats`` times so a busy host
-affects every setting alike; the table shows the median pass. With ``--profile`` (and
+One private stack per ``--ops`` value (``EngineConfig.lora_cpu_ops``), both up for the
+whole run, the same adapter files published to each. Every user's adapter is published
+(store + ``adapter-updates``) and loaded by its server before timing; a short warm-up
+pass activates them in the engine. Each pass sends ``--requests`` requests with
+``--concurrency`` in flight, users round-robin, and passes are interleaved (fast: base,
+1, 8, 64; vllm: base, 1, 8, 64; fast: base, ...) ``--repeats`` times so a busy host
+affects every setting alike, with a pause before each switch of stack (an idle vLLM
+engine busy-polls for about a second after its last request); the table shows the
+median pass and its ratio to the same stack's base model. With ``--profile`` (and
 py-spy installed) one more base pass and one pass at the largest adapter count are
-sampled in vLLM's engine process, to show where the time goes.
+sampled in each stack's vLLM engine processes, to show where the time goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,50 +67,38 @@ def run_pass(client: AssistantClient, users: list[str], requests: int, tokens: i
             "latency_p50_s": percentile(latencies, 50), "latency_p99_s": percentile(latencies, 99)}
 
 
-def prepare_users(client: AssistantClient, store: AdapterStore, bootstrap: str, model: Path,
-                  model_id: str, counts: list[int], tag: str) -> dict[int, list[str]]:
-    """Publish one distinct adapter per user of every setting; wait until all are served."""
-    groups = {n: [f"{tag}-n{n}-{i}" for i in range(n)] for n in counts}
-    everyone = [u for users in groups.values() for u in users]
-    publisher = Publisher(store, bootstrap, model_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        for user, adapter in zip(everyone, make_adapters(model, Path(tmp), everyone),
-                                 strict=True):
-            publisher.publish(user, adapter)
+SWITCH_PAUSE_S = 1.5
+"""Pause before a pass on another stack than the last: an idle vLLM engine busy-polls
+for about a second after its last request, which would slow the next stack's pass."""
+
+
+@dataclass
+class Target:
+    """One server under test: ``ops`` is its engine's lora_cpu_ops ("" if unknown)."""
+
+    ops: str
+    address: str
+    store: AdapterStore
+    bootstrap: str
+    model_id: str
+    engine: dict[str, int]
+
+
+def prepare_users(client: AssistantClient, target: Target, adapters: dict[str, Path]) -> None:
+    """Publish every user's adapter to ``target``; wait until all are served."""
+    publisher = Publisher(target.store, target.bootstrap, target.model_id)
+    for user, adapter in adapters.items():
+        publisher.publish(user, adapter)
     publisher.close()
     deadline = time.monotonic() + 180
-    while pending := [u for u in everyone if client.status(u).adapter_version != "v1"]:
+    while pending := [u for u in adapters if client.status(u).adapter_version != "v1"]:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{len(pending)} adapters were not picked up")
         time.sleep(0.5)
-    return groups
 
 
-def measure(args: argparse.Namespace, target: str, store: AdapterStore, bootstrap: str,
-            model_id: str, engine: dict[str, int]) -> dict[str, Any]:
-    counts = [int(x) for x in args.adapters.split(",")]
-    tag = f"serve{int(time.time()) % 100000}"
-    budget = Deadline(args.max_seconds)
-    with AssistantClient(target, timeout_s=600) as client:
-        groups = {0: [f"{tag}-base"]} | prepare_users(
-            client, store, bootstrap, Path(args.model), model_id, counts, tag)
-        for users in groups.values():  # warm-up: every adapter activated once
-            run_pass(client, users, max(len(users), 8), 4, args.concurrency)
-        passes: dict[int, list[dict[str, float]]] = {n: [] for n in groups}
-        for repeat in range(args.repeats):
-            if repeat and budget.passed():
-                print("time budget used up: fewer repeats", flush=True)
-                break
-            for n, users in groups.items():
-                passes[n].append(run_pass(client, users, args.requests, args.tokens,
-                                          args.concurrency))
-                print(f"repeat {repeat + 1} adapters {n or 'base'}: "
-                      f"{passes[n][-1]['tokens_per_s']:.1f} tokens/s", flush=True)
-        profiles = {}
-        if args.profile and engine:
-            for n in (0, max(counts)):
-                profiles[str(n)] = profile_engine(engine, lambda n=n: run_pass(
-                    client, groups[n], args.requests, args.tokens, args.concurrency))
+def summarise(passes: dict[int, list[dict[str, float]]]) -> list[dict[str, Any]]:
+    """One row per adapter count: median pass, and its ratio to the base model's."""
     base = median([p["tokens_per_s"] for p in passes[0]])
     rows = []
     for n, ps in passes.items():
@@ -111,7 +107,68 @@ def measure(args: argparse.Namespace, target: str, store: AdapterStore, bootstra
                      "latency_p50_s": median([p["latency_p50_s"] for p in ps]),
                      "latency_p99_s": median([p["latency_p99_s"] for p in ps]),
                      "passes": ps})
-    return {"rows": rows, "profile": profiles}
+    return rows
+
+
+def measure(args: argparse.Namespace, targets: list[Target]) -> dict[str, Any]:
+    counts = [int(x) for x in args.adapters.split(",")]
+    tag = f"serve{int(time.time()) % 100000}"
+    groups = {0: [f"{tag}-base"]} | {n: [f"{tag}-n{n}-{i}" for i in range(n)] for n in counts}
+    budget = Deadline(args.max_seconds)
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(AssistantClient(t.address, timeout_s=600))
+                   for t in targets]
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        names = [u for n in counts for u in groups[n]]
+        adapters = dict(zip(names, make_adapters(Path(args.model), tmp, names), strict=True))
+        for client, target in zip(clients, targets, strict=True):
+            prepare_users(client, target, adapters)
+            for users in groups.values():  # warm-up: every adapter activated once
+                run_pass(client, users, max(len(users), 8), 4, args.concurrency)
+        passes = [{n: [] for n in groups} for _ in targets]
+        for repeat in range(args.repeats):
+            if repeat and budget.passed():
+                print("time budget used up: fewer repeats", flush=True)
+                break
+            for k, (client, target) in enumerate(zip(clients, targets, strict=True)):
+                if len(targets) > 1:
+                    time.sleep(SWITCH_PAUSE_S)
+                for n, users in groups.items():
+                    passes[k][n].append(run_pass(client, users, args.requests, args.tokens,
+                                                 args.concurrency))
+                    print(f"repeat {repeat + 1} ops {target.ops or 'server'} adapters "
+                          f"{n or 'base'}: {passes[k][n][-1]['tokens_per_s']:.1f} tokens/s",
+                          flush=True)
+        profiles: dict[str, Any] = {}
+        if args.profile:
+            for client, target in zip(clients, targets, strict=True):
+                if not target.engine:
+                    continue
+                time.sleep(SWITCH_PAUSE_S)
+                for n in (0, max(counts)):
+                    profiles[f"{target.ops}:{n}"] = profile_engine(
+                        target.engine, lambda n=n, c=client: run_pass(
+                            c, groups[n], args.requests, args.tokens, args.concurrency))
+    return {"by_ops": [{"ops": t.ops, "rows": summarise(p)}
+                       for t, p in zip(targets, passes, strict=True)],
+            "rows": summarise(passes[0]), "profile": profiles}
+
+
+def print_tables(result: dict[str, Any]) -> None:
+    """The throughput table (every stack's rows) and any profiles."""
+    rows = [[block["ops"] or "server", r["adapters"] or "base", r["tokens_per_s"],
+             r["ratio_vs_base"], r["latency_p50_s"], r["latency_p99_s"], len(r["passes"])]
+            for block in result["by_ops"] for r in block["rows"]]
+    print(table(["lora ops", "adapters", "tokens/s", "vs base", "p50 s", "p99 s", "passes"],
+                rows))
+    for key, by_process in result["profile"].items():
+        for name, prof in by_process.items():
+            if "shares" not in prof:
+                continue
+            ops, n = key.split(":")
+            print(f"\n{name} process, ops {ops}, {n if n != '0' else 'base'} adapters: "
+                  f"samples by part ({prof['samples']} samples)")
+            print(table(["part", "share"], [[k, v] for k, v in prof["shares"].items()]))
 
 
 def main() -> None:
@@ -133,7 +190,9 @@ def main() -> None:
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment of the private stack (e.g. VLLM_CPU_OMP_THREADS_BIND)")
     p.add_argument("--profile", action="store_true", help="sample the engine with py-spy")
-    p.add_argument("--max-seconds", type=float, default=300,
+    p.add_argument("--ops", default="fast,vllm",
+                   help="CPU LoRA ops, one private stack each (EngineConfig.lora_cpu_ops)")
+    p.add_argument("--max-seconds", type=float, default=600,
                    help="no new repeat starts after this (start-up excluded)")
     p.add_argument("--out", default="")
     args = p.parse_args()
@@ -141,8 +200,8 @@ def main() -> None:
     settings = vars(args).copy()
     if args.server:
         model_id = args.model_id or Path(args.model).resolve().name
-        result = measure(args, args.server, AdapterStore(args.store), args.bootstrap, model_id,
-                         {})
+        result = measure(args, [Target("", args.server, AdapterStore(args.store),
+                                       args.bootstrap, model_id, {})])
     else:
         env = {"PERSONALIZE_SERVER_ENGINE_MAX_LORAS": str(args.max_loras),
                "PERSONALIZE_SERVER_ENGINE_MAX_CPU_LORAS": str(args.max_cpu_loras),
@@ -151,21 +210,17 @@ def main() -> None:
             env["PERSONALIZE_SERVER_ENGINE_DTYPE"] = args.dtype
         env |= dict(item.split("=", 1) for item in args.env)
         settings["engine_env"] = env
-        with private_stack(args.model, env=env) as stack:
-            result = measure(args, stack.target, stack.store, stack.bootstrap, stack.model_id,
-                             engine_pids(stack.proc.pid))
-            result["stack_start_s"] = stack.started_s
-    print(table(["adapters", "tokens/s", "vs base", "p50 s", "p99 s", "passes"],
-                [[r["adapters"] or "base", r["tokens_per_s"], r["ratio_vs_base"],
-                  r["latency_p50_s"], r["latency_p99_s"], len(r["passes"])]
-                 for r in result["rows"]]))
-    for n, by_process in result["profile"].items():
-        for name, prof in by_process.items():
-            if "shares" not in prof:
-                continue
-            print(f"\n{name} process, {n if n != '0' else 'base'} adapters: samples by part "
-                  f"({prof['samples']} samples)")
-            print(table(["part", "share"], [[k, v] for k, v in prof["shares"].items()]))
+        with contextlib.ExitStack() as stacks:
+            targets, started = [], {}
+            for ops in args.ops.split(","):
+                handle = stacks.enter_context(private_stack(
+                    args.model, env=env | {"PERSONALIZE_SERVER_ENGINE_LORA_CPU_OPS": ops}))
+                targets.append(Target(ops, handle.target, handle.store, handle.bootstrap,
+                                      handle.model_id, engine_pids(handle.proc.pid)))
+                started[ops] = handle.started_s
+            result = measure(args, targets)
+            result["stack_start_s"] = started
+    print_tables(result)
     write_result("serving", settings, result, args.out or None)
 
 
