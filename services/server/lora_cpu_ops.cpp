@@ -3,22 +3,21 @@
 // Each token reads its adapter's rows in place (weights[slot] is a view), so nothing of
 // size tokens x rank x hidden is gathered or converted. Numerics follow vLLM's torch ops:
 //   shrink: out[t, r] = float(scale) * sum_d float(x[t, d]) * float(a[s, r, d])   (fp32)
-//   expand: delta = scalar_t(sum_r float(scalar_t(in[t, r])) * float(b[s, o, r]))
+//   expand: delta = scalar_t(sum_r float(scalar_t(in[t, r])) * float(b[s, o, r]))  (fp32 sum)
 //           y[t, off + o] = scalar_t(float(y[t, off + o]) + float(delta))
 // Tokens whose slot is negative (no adapter) get no delta: y is left as it is.
-// The fp32 sum over the hidden size runs in 16 lanes (each a sequential sum) reduced
-// pairwise, so it can differ from a BLAS sum in the last bit of fp32.
+// The fp32 sums that vLLM leaves to BLAS (the shrink; the expand of an fp32 model) go
+// through ATen's mv on the token's rows, so they match bit for bit.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 namespace {
-
-constexpr int64_t kLanes = 16;
 
 // A (slots, rows, cols) view of a stacked LoRA weight, (slots, 1, rows, cols) allowed.
 struct Stack {
@@ -36,45 +35,63 @@ Stack as_stack(const at::Tensor& w) {
   return {v.data_ptr(), v.stride(0), v.size(1), v.size(2)};
 }
 
-// out[r] = sum_d x[d] * float(w[r, d]) for the `rows` rows of w (rows, n), in fp32: each
-// row's sum runs in kLanes sequential lanes, reduced pairwise at the end.
 template <typename scalar_t>
-inline void shrink_rows(const float* x, const scalar_t* w, int64_t rows, int64_t n,
-                        float* out) {
-  constexpr int64_t kMaxRows = 16;
-  for (int64_t r0 = 0; r0 < rows; r0 += kMaxRows) {
-    const int64_t nr = std::min(kMaxRows, rows - r0);
-    float lanes[kMaxRows][kLanes] = {};
-    int64_t d = 0;
-    for (; d + kLanes <= n; d += kLanes) {
-      for (int64_t r = 0; r < nr; ++r) {
-        const scalar_t* row = w + (r0 + r) * n + d;
-        for (int64_t l = 0; l < kLanes; ++l) {
-          lanes[r][l] += x[d + l] * static_cast<float>(row[l]);
-        }
-      }
-    }
-    for (int64_t r = 0; r < nr; ++r) {
-      for (int64_t e = d, l = 0; e < n; ++e, ++l) {
-        lanes[r][l] += x[e] * static_cast<float>(w[(r0 + r) * n + e]);
-      }
-      for (int64_t width = kLanes / 2; width > 0; width /= 2) {
-        for (int64_t l = 0; l < width; ++l) {
-          lanes[r][l] += lanes[r][l + width];
-        }
-      }
-      out[r0 + r] = lanes[r][0];
-    }
+inline void load_row(const scalar_t* src, int64_t n, float* dst) {
+  for (int64_t d = 0; d < n; ++d) {
+    dst[d] = static_cast<float>(src[d]);
   }
 }
 
-// delta[o] = sum_r in[r] * float(b[o, r]) in fp32, r in order, for b (n, kRank).
-template <typename scalar_t, int64_t kRank>
+// out (rows) = w (rows, n) @ x (n) in fp32 through ATen's mv: the BLAS gemv that vLLM's
+// batched einsum runs per token, so the fp32 sums come out bit for bit the same. w is
+// converted to fp32 in `scratch` (rows * n floats) unless it is fp32 already.
+template <typename scalar_t>
+inline void shrink_rows(const float* x, const scalar_t* w, int64_t rows, int64_t n,
+                        float* out, float* scratch) {
+  const float* wf = scratch;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    wf = w;
+  } else {
+    load_row(w, rows * n, scratch);
+  }
+  const auto fp32 = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor result = at::from_blob(out, {rows}, fp32);
+  at::mv_out(result, at::from_blob(const_cast<float*>(wf), {rows, n}, fp32),
+             at::from_blob(const_cast<float*>(x), {n}, fp32));
+}
+
+// The order in which vLLM's bf16 einsum adds the rank's products (they are exact in fp32,
+// so only this order and the final rounding decide the result). ATen hands a bf16 bmm to
+// oneDNN when tokens * rank * n exceeds 16^3 (mkldnn/Matmul.cpp, checksize); with the
+// AVX512-BF16 dot-product instruction, oneDNN adds in pairs, the odd term of each pair
+// first. Smaller products, and fp16, run ATen's own loop: rank order.
+constexpr int64_t kOneDnnMinSize = 16 * 16 * 16;
+
+template <typename scalar_t>
+bool pairs_odd_first(int64_t tokens, int64_t rank, int64_t n) {
+#if defined(__AVX512BF16__)
+  return std::is_same_v<scalar_t, c10::BFloat16> && rank % 2 == 0 &&
+         tokens * rank * n > kOneDnnMinSize;
+#else
+  return false;
+#endif
+}
+
+// delta[o] = sum_r in[r] * float(b[o, r]) in fp32 for b (n, kRank), in vLLM's order.
+template <typename scalar_t, int64_t kRank, bool kPairs>
 inline void expand_fixed(const float* in, const scalar_t* b, int64_t n, float* delta) {
   for (int64_t o = 0; o < n; ++o) {
+    const scalar_t* row = b + o * kRank;
     float acc = 0.f;
-    for (int64_t r = 0; r < kRank; ++r) {
-      acc += in[r] * static_cast<float>(b[o * kRank + r]);
+    if constexpr (kPairs) {
+      for (int64_t r = 0; r < kRank; r += 2) {
+        acc += in[r + 1] * static_cast<float>(row[r + 1]);
+        acc += in[r] * static_cast<float>(row[r]);
+      }
+    } else {
+      for (int64_t r = 0; r < kRank; ++r) {
+        acc += in[r] * static_cast<float>(row[r]);
+      }
     }
     delta[o] = acc;
   }
@@ -82,11 +99,17 @@ inline void expand_fixed(const float* in, const scalar_t* b, int64_t n, float* d
 
 template <typename scalar_t>
 inline void expand_any(const float* in, const scalar_t* b, int64_t rank, int64_t n,
-                       float* delta) {
+                       bool pairs, float* delta) {
   for (int64_t o = 0; o < n; ++o) {
+    const scalar_t* row = b + o * rank;
     float acc = 0.f;
-    for (int64_t r = 0; r < rank; ++r) {
-      acc += in[r] * static_cast<float>(b[o * rank + r]);
+    int64_t r = 0;
+    for (; pairs && r + 1 < rank; r += 2) {
+      acc += in[r + 1] * static_cast<float>(row[r + 1]);
+      acc += in[r] * static_cast<float>(row[r]);
+    }
+    for (; r < rank; ++r) {
+      acc += in[r] * static_cast<float>(row[r]);
     }
     delta[o] = acc;
   }
@@ -96,22 +119,24 @@ inline void expand_any(const float* in, const scalar_t* b, int64_t rank, int64_t
 // delta is scratch of n floats.
 template <typename scalar_t>
 inline void expand_row(const float* in, const scalar_t* b, int64_t rank, scalar_t* y,
-                       int64_t n, bool add, float* delta) {
-  switch (rank) {
-    case 8: expand_fixed<scalar_t, 8>(in, b, n, delta); break;
-    case 16: expand_fixed<scalar_t, 16>(in, b, n, delta); break;
-    default: expand_any(in, b, rank, n, delta);
+                       int64_t n, bool add, bool pairs, float* delta) {
+  if constexpr (std::is_same_v<scalar_t, float>) {  // vLLM's fp32 einsum: a gemv per token
+    const auto fp32 = at::TensorOptions().dtype(at::kFloat);
+    at::Tensor result = at::from_blob(delta, {n}, fp32);
+    at::mv_out(result, at::from_blob(const_cast<float*>(b), {n, rank}, fp32),
+               at::from_blob(const_cast<float*>(in), {rank}, fp32));
+  } else {  // bf16 / fp16 einsum: fp32 sums of exact products, rounded once
+    if (rank == 8 && pairs) {
+      expand_fixed<scalar_t, 8, true>(in, b, n, delta);
+    } else if (rank == 8) {
+      expand_fixed<scalar_t, 8, false>(in, b, n, delta);
+    } else {
+      expand_any(in, b, rank, n, pairs, delta);
+    }
   }
   for (int64_t o = 0; o < n; ++o) {
     const scalar_t d = static_cast<scalar_t>(delta[o]);
     y[o] = add ? static_cast<scalar_t>(static_cast<float>(y[o]) + static_cast<float>(d)) : d;
-  }
-}
-
-template <typename scalar_t>
-inline void load_row(const scalar_t* src, int64_t n, float* dst) {
-  for (int64_t d = 0; d < n; ++d) {
-    dst[d] = static_cast<float>(src[d]);
   }
 }
 
@@ -129,7 +154,7 @@ void linear_impl(at::Tensor& y, const at::Tensor& x, const std::vector<Stack>& a
   const int64_t max_rank = a.empty() ? 0 : (*std::max_element(
       a.begin(), a.end(), [](const Stack& l, const Stack& r) { return l.rows < r.rows; })).rows;
   at::parallel_for(0, tokens, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> xf(hidden), buf(max_rank), delta(y.size(1));
+    std::vector<float> xf(hidden), buf(max_rank), delta(y.size(1)), scratch(max_rank * hidden);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t s = idx[t];
       if (s < 0) continue;  // no adapter: no delta
@@ -137,14 +162,14 @@ void linear_impl(at::Tensor& y, const at::Tensor& x, const std::vector<Stack>& a
       for (size_t i = 0; i < a.size(); ++i) {
         if (live[i] != nullptr && !live[i][s]) continue;  // this slot's slice is zero
         const auto* wa = static_cast<const scalar_t*>(a[i].data) + s * a[i].slot_stride;
-        shrink_rows(xf.data(), wa, a[i].rows, hidden, buf.data());
+        shrink_rows(xf.data(), wa, a[i].rows, hidden, buf.data(), scratch.data());
         for (int64_t r = 0; r < a[i].rows; ++r) {
           buf[r] = static_cast<float>(static_cast<scalar_t>(scale * buf[r]));
         }
         const auto* wb = static_cast<const scalar_t*>(b[i].data) + s * b[i].slot_stride;
         expand_row(buf.data(), wb, b[i].cols,
                    y.data_ptr<scalar_t>() + t * y.stride(0) + offsets[i], b[i].rows, true,
-                   delta.data());
+                   pairs_odd_first<scalar_t>(tokens, b[i].cols, b[i].rows), delta.data());
       }
     }
   });
@@ -201,7 +226,7 @@ void shrink(const at::Tensor& x, const at::Tensor& w, at::Tensor out, const at::
   const float sc = static_cast<float>(scale);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "shrink", [&] {
     at::parallel_for(0, tokens, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> xf(st.cols);
+      std::vector<float> xf(st.cols), scratch(st.rows * st.cols), sums(st.rows);
       for (int64_t t = begin; t < end; ++t) {
         float* o = out.data_ptr<float>() + t * out.stride(0);
         if (idx[t] < 0) {
@@ -210,23 +235,24 @@ void shrink(const at::Tensor& x, const at::Tensor& w, at::Tensor out, const at::
         }
         load_row(x.data_ptr<scalar_t>() + t * x.stride(0), st.cols, xf.data());
         const auto* ws = static_cast<const scalar_t*>(st.data) + idx[t] * st.slot_stride;
-        shrink_rows(xf.data(), ws, st.rows, st.cols, o);
+        shrink_rows(xf.data(), ws, st.rows, st.cols, sums.data(), scratch.data());
         for (int64_t r = 0; r < st.rows; ++r) {
-          o[r] = sc * o[r];
+          o[r] = sc * sums[r];
         }
       }
     });
   });
 }
 
-// y[t, offset:offset+n] (+)= scalar_t(scalar_t(x[t]) @ w[s].T) (bgmv_expand(_slice));
-// rows with s < 0 are left alone when adding, zeroed otherwise.
+// y[t, offset:offset+n] (+)= scalar_t(scalar_t(x[t]) @ w[s].T) (bgmv_expand(_slice)), x fp32
+// or of y's dtype; rows with s < 0 are left alone when adding, zeroed otherwise.
 void expand(const at::Tensor& x, const at::Tensor& w, at::Tensor y, const at::Tensor& indices,
             int64_t offset, int64_t size, bool add) {
   const int64_t tokens = indices.size(0);
   check_tokens(x, tokens, "x");
   check_tokens(y, tokens, "y");
-  TORCH_CHECK(x.scalar_type() == at::kFloat, "expand reads fp32");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == y.scalar_type(),
+              "expand reads fp32 or y's dtype");
   TORCH_CHECK(indices.scalar_type() == at::kLong && indices.is_contiguous(), "int64 indices");
   TORCH_CHECK(w.scalar_type() == y.scalar_type(), "weights must have y's dtype");
   const Stack st = as_stack(w);
@@ -242,12 +268,17 @@ void expand(const at::Tensor& x, const at::Tensor& w, at::Tensor y, const at::Te
           if (!add) std::fill(row, row + n, static_cast<scalar_t>(0.f));
           continue;
         }
-        const float* xt = x.data_ptr<float>() + t * x.stride(0);
-        for (int64_t r = 0; r < st.cols; ++r) {
-          in[r] = static_cast<float>(static_cast<scalar_t>(xt[r]));
+        if (x.scalar_type() == at::kFloat) {  // the fp32 shrink buffer, cast as vLLM does
+          const float* xt = x.data_ptr<float>() + t * x.stride(0);
+          for (int64_t r = 0; r < st.cols; ++r) {
+            in[r] = static_cast<float>(static_cast<scalar_t>(xt[r]));
+          }
+        } else {  // already in y's dtype (the embedding's LoRA A rows)
+          load_row(x.data_ptr<scalar_t>() + t * x.stride(0), st.cols, in.data());
         }
         const auto* ws = static_cast<const scalar_t*>(st.data) + idx[t] * st.slot_stride;
-        expand_row(in.data(), ws, st.cols, row, n, add, delta.data());
+        expand_row(in.data(), ws, st.cols, row, n, add,
+                   pairs_odd_first<scalar_t>(tokens, st.cols, st.rows), delta.data());
       }
     });
   });

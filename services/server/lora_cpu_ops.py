@@ -99,7 +99,7 @@ def _build_and_load() -> None:
     build_dir = BUILD_ROOT / name
     build_dir.mkdir(parents=True, exist_ok=True)
     cpp_extension.load(name=name, sources=[str(SOURCE)], build_directory=str(build_dir),
-                       extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                       extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"],
                        extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
 
 
@@ -162,7 +162,7 @@ def bgmv_expand_slice(inputs: torch.Tensor, lora_b_weights: torch.Tensor,
                       slice_offset: int, slice_size: int, add_inputs: bool = True) -> None:
     """vLLM's ``bgmv_expand_slice``, without the gather."""
     indices = lora_indices_tensor.to(torch.long).contiguous()
-    if _state["kernel"] and inputs.dtype == torch.float32 \
+    if _state["kernel"] and inputs.dtype in (torch.float32, output_tensor.dtype) \
             and lora_b_weights.dtype == output_tensor.dtype:
         torch.ops.personalize_lora.expand(inputs, lora_b_weights, output_tensor, indices,
                                           slice_offset, slice_size, add_inputs)
@@ -287,16 +287,24 @@ def _activate_adapter(self: Any, lora_id: int) -> bool:
 _ORIGINAL: dict[str, Any] = {}
 
 
+def _on_cpu() -> bool:
+    """Whether vLLM runs on its CPU backend here (elsewhere the wrapper is unused)."""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
 def install() -> bool:
     """Use these ops in vLLM's CPU punica wrapper (idempotent); True when the C++ kernel
-    runs them, False when the grouped PyTorch version does."""
+    runs them, False when the grouped PyTorch version does (or not on the CPU backend,
+    where nothing is built)."""
     from vllm.lora.model_manager import LoRAModelManager
     from vllm.lora.punica_wrapper import punica_cpu
 
     wrapper = punica_cpu.PunicaWrapperCPU
     _ORIGINAL.setdefault("add_lora_linear", wrapper.add_lora_linear)
     _ORIGINAL.setdefault("activate_adapter", LoRAModelManager.activate_adapter)
-    kernel = load_kernel()
+    kernel = _on_cpu() and load_kernel()  # built here, before the engine's processes
     for name, op in OPS.items():
         setattr(punica_cpu, name, op)
     wrapper.add_lora_linear = _add_lora_linear

@@ -1,7 +1,8 @@
 """The CPU multi-LoRA ops (services/server/lora_cpu_ops.py) against vLLM's own torch ops:
-op by op on random tensors (bf16 bit for bit, fp32 to the last bits of the fp32 sums),
-and on a real engine, where greedy answers of several adapters and of the base model in
-one batch are the same with either."""
+op by op on random tensors (the C++ kernel bit for bit in bf16 and fp32; the grouped
+PyTorch fallback bit for bit in bf16, to the last bits of its fp32 sums in fp32), and on
+a real engine, where greedy answers of several adapters and of the base model in one
+batch are the same with either."""
 
 from __future__ import annotations
 
@@ -104,12 +105,42 @@ def test_single_ops_match_vllms_ops(impl: str, dtype: torch.dtype, pattern: str)
         lora_ops.bgmv_expand_slice(theirs, b, y_theirs, idx, 3, 24, add)
         lora_cpu_ops.bgmv_expand_slice(theirs, b, y_ours, idx, 3, 24, add)
         assert_same(y_ours, y_theirs)
+    rows = stack(gen, dtype, 9, RANK)  # the embedding's form: x already in y's dtype
+    y = stack(gen, dtype, 9, 24)
+    y_theirs, y_ours = y.clone(), y.clone()
+    lora_ops.bgmv_expand(rows, b, y_theirs, idx, True)
+    lora_cpu_ops.bgmv_expand(rows, b, y_ours, idx, True)
+    assert_same(y_ours, y_theirs)
     seq_lens = torch.tensor([2, 3, 4])  # segments of the prefill (sgmv) form
     segments, starts = torch.tensor([1, -1, 4]), torch.tensor([0, 2, 5])
     theirs, ours = torch.zeros(9, RANK), torch.zeros(9, RANK)
     lora_ops.sgmv_shrink(x, a, theirs, starts, seq_lens, segments, 3, 4, 9, 1.0)
     lora_cpu_ops.sgmv_shrink(x, a, ours, starts, seq_lens, segments, 3, 4, 9, 1.0)
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("tokens", [1, 2, 3, 64, 700])
+def test_bf16_expand_adds_in_vllms_order(tokens: int) -> None:
+    """Values over a wide range of magnitudes, where the order of the fp32 sum over the
+    rank shows in the bf16 result."""
+    if not lora_cpu_ops.load_kernel():
+        pytest.skip("the C++ kernel did not build here")
+    gen = torch.Generator().manual_seed(tokens)
+
+    def wide(*shape: int) -> torch.Tensor:
+        sign = torch.randint(0, 2, shape, generator=gen) * 2 - 1
+        scale = 2.0 ** -torch.randint(0, 14, shape, generator=gen).float()
+        return (sign * scale * (1 + torch.rand(*shape, generator=gen))).to(torch.bfloat16)
+
+    buf, b = wide(tokens, RANK).float(), wide(8, 1, 192, RANK)
+    idx = torch.randint(0, 8, (tokens,), generator=gen)
+    for _ in range(max(1, 4000 // tokens)):
+        y = torch.zeros(tokens, 192, dtype=torch.bfloat16)
+        theirs, ours = y.clone(), y.clone()
+        lora_ops.bgmv_expand_slice(buf, b, theirs, idx, 0, 192, True)
+        lora_cpu_ops.bgmv_expand_slice(buf, b, ours, idx, 0, 192, True)
+        assert torch.equal(ours, theirs)
+        buf, b = wide(tokens, RANK).float(), wide(8, 1, 192, RANK)
 
 
 def test_zero_slots_are_skipped_with_the_same_result() -> None:
