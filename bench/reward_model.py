@@ -6,8 +6,9 @@ One simulated user per preference family of ``demo.preferences`` (plus both pole
 formality, which conflict) ranks ``--rankings`` sets of ``--candidates`` varied answers
 (``bench.answers``) with Bradley-Terry label noise. The model trains as the learner
 does: for each user, a turn of the shared part (everyone's examples) then the user's
-heads; finally every user's heads are refreshed. Reported, for each ``--tuned-layers``
-setting side by side (0 = the encoder frozen):
+heads; finally every user's heads are refreshed. Reported, for each ``--settings``
+entry side by side (``tuned_layers:layer_pooling``: how many top layers of the encoder
+train, 0 = frozen; and which depths the heads read, every one or only the last):
 
 1. held-out pairwise accuracy per user (split by prompt: held-out rankings never
    trained on) of the policy head, the judge head and the shared model alone, judged by
@@ -76,9 +77,10 @@ def decided(pref: Preference, pairs: list[PairExample]) -> list[PairExample]:
     return out
 
 
-def run(tuned_layers: int, data: dict[str, list[PairExample]], batch: int,
+def run(setting: str, data: dict[str, list[PairExample]], batch: int,
         ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    cfg = RewardModelConfig(tuned_layers=tuned_layers)
+    layers, pooling = setting.split(":")
+    cfg = RewardModelConfig(tuned_layers=int(layers), layer_pooling=pooling)
     rm = PersonalRewardModel(cfg)
     everyone = [p for pairs in data.values() for p in pairs]
     shared_s, user_s = [], []
@@ -112,7 +114,8 @@ def main() -> None:
     p.add_argument("--rankings", type=int, default=40, help="rankings per user")
     p.add_argument("--candidates", type=int, default=4, help="answers per ranking")
     p.add_argument("--noise", type=float, default=0.3, help="labeler Gumbel noise scale")
-    p.add_argument("--tuned-layers", default="0,2", help="settings compared side by side")
+    p.add_argument("--settings", default="2:all,2:last,0:all",
+                   help="tuned_layers:layer_pooling settings compared side by side")
     p.add_argument("--batch", type=int, default=8, help="completions per score call")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="")
@@ -123,12 +126,12 @@ def main() -> None:
     data = {u: rankings(u, pref, args.rankings, args.candidates, args.noise, seed=i)
             for i, (u, pref) in enumerate(prefs.items())}
     results: dict[str, Any] = {}
-    for layers in (int(x) for x in args.tuned_layers.split(",")):
-        rows, cost = run(layers, data, args.batch)
-        results[f"tuned_layers={layers}"] = {"users": rows, "cost": cost}
+    for setting in args.settings.split(","):
+        rows, cost = run(setting, data, args.batch)
+        results[setting] = {"users": rows, "cost": cost}
     settings = list(results)
     head = ["user", "family", "kind", "decided held-out pairs"] + [
-        f"{s.split('=')[1]} layers: {part}" for s in settings
+        f"{s}: {part}" for s in settings
         for part in ("personal", "judge", "shared")]
     body = []
     for i, user in enumerate(data):
@@ -136,6 +139,9 @@ def main() -> None:
         body.append([user, row["family"], row["kind"], row["heldout_pairs"]] + [
             _f(results[s]["users"][i][part]) for s in settings
             for part in ("personal", "judge", "shared")])
+    body.append(["mean", "", "", sum(r[3] for r in body)] + [
+        _f(statistics.mean(u[part] for u in results[s]["users"])) for s in settings
+        for part in ("personal", "judge", "shared")])
     print(table(head, body))
     print(table(["setting", "train_shared s", "train_user s", f"score {args.batch} s"],
                 [[s, results[s]["cost"]["train_shared_s"], results[s]["cost"]["train_user_s"],

@@ -93,7 +93,7 @@ def learner_for(root: Path, policy: Path, args: argparse.Namespace) -> Learner:
         schedule=ScheduleConfig(ppo_steps_per_turn=1, min_pairs=2),
         ppo=PPOConfig(batch_size=2, mini_batch_size=2, ppo_epochs=1, max_new_tokens=4),
         publish=PublishConfig(eval_prompts=1, eval_samples=1),
-        reward=RewardModelConfig(user_min_examples=4, user_epochs=20,
+        reward=RewardModelConfig(user_min_examples=4, user_max_iter=50,
                                  embedding_cache_size=args.embedding_cache,
                                  max_resident_users=args.reward_heads,
                                  shared_epochs=args.shared_epochs,

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-__all__ = ["POOLINGS", "RewardModelConfig", "TrainMetrics"]
+__all__ = ["LAYER_POOLINGS", "POOLINGS", "RewardModelConfig", "TrainMetrics"]
 
 logger = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "cls")
 """Ways to pool token states into one embedding: mean over real tokens, or the first token."""
+LAYER_POOLINGS = ("all", "last")
+"""Which depths of the encoder are pooled into the heads' input: every one (the word-piece
+embeddings and each layer's output, concatenated) or only the last layer."""
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,12 @@ class RewardModelConfig:
     pooling: str = "mean"
     """How token states become one embedding: "mean" (over real tokens) or "cls"."""
     normalize: bool = True
-    """L2-normalise pooled embeddings (as sentence-transformers does for MiniLM)."""
+    """L2-normalise pooled embeddings (as sentence-transformers does for MiniLM), each
+    depth's separately."""
+    layer_pooling: str = "all"
+    """"all": the heads read every depth of the encoder, pooled and concatenated ((L + 1) x
+    H features: what a text says word by word as well as what it means); "last": only the
+    last layer's H (bench.reward_model compares them)."""
     max_length: int = 256
     """Token budget of prompt + completion; the longer one is truncated first."""
     encode_batch_size: int = 32
@@ -33,15 +41,19 @@ class RewardModelConfig:
     state_cache_size: int = 4096
     """Cached lower-layer token states of (prompt, completion) texts (LRU; T x H floats
     each, ~100 KB for a 64-token text with MiniLM)."""
-    embedding_cache_size: int = 20_000
-    """Cached pooled embeddings under the current top layers (LRU, H floats each; emptied
-    whenever the top layers change)."""
+    embedding_cache_size: int = 8192
+    """Cached pooled embeddings under the current top layers (LRU, F floats each: ~11 KB
+    with MiniLM's 7 depths pooled; emptied whenever the top layers change)."""
     backbone_lr: float = 1e-4
     """Adam learning rate of the encoder's trained top layers."""
     shared_lr: float = 1e-2
     """Adam learning rate of the shared head."""
-    shared_l2: float = 1e-4
-    """L2 penalty on the shared head's weights."""
+    shared_l2: float = 1e-2
+    """L2 penalty on the shared head's weights. Every user's head is a residual on the
+    shared head, so a large, noisy shared head costs each user's fit: with users who want
+    different things a small shared head leaves more to the user's own data
+    (bench.reward_model: 1e-4 -> 1e-2 raised mean personal held-out accuracy 0.70 -> 0.80
+    on the frozen encoder)."""
     shared_steps: int = 16
     """Optimiser steps of the shared part (top layers + shared head) per ``train_shared``
     call, on minibatches of ``shared_batch_size`` drawn from the shared sample: bounds the
@@ -54,14 +66,11 @@ class RewardModelConfig:
     ``train_shared`` call stay flat as users are added."""
     shared_max_examples_per_user: int = 128
     """Most examples of one user in that sample."""
-    user_lr: float = 2e-2
-    """Adam learning rate of a user's head."""
     user_l2: float = 1e-3
     """L2 penalty pulling a user's head toward zero, i.e. toward the shared model."""
-    user_epochs: int = 60
-    """Passes over the user's training data per ``train_user`` call."""
-    batch_size: int = 32
-    """Examples (pairs or thumbs) per optimiser step."""
+    user_max_iter: int = 200
+    """Most L-BFGS iterations of a user's head per ``train_user`` call (a convex fit: it
+    stops earlier once converged)."""
     user_min_examples: int = 6
     """Training examples a user's head needs (per head: the policy and the judge head each
     train on their own half) before it is used instead of the shared reward."""
@@ -76,8 +85,8 @@ class RewardModelConfig:
     """Torch device of the encoder and the heads ("cpu", "cuda", ...)."""
 
     def __post_init__(self) -> None:
-        positive = ("max_length", "encode_batch_size", "shared_lr", "shared_steps", "user_lr",
-                    "user_epochs", "batch_size", "max_resident_users", "shared_max_examples",
+        positive = ("max_length", "encode_batch_size", "shared_lr", "shared_steps",
+                    "user_max_iter", "max_resident_users", "shared_max_examples",
                     "shared_max_examples_per_user", "shared_batch_size")
         for name in positive:
             if not (value := getattr(self, name)) > 0:
@@ -88,6 +97,8 @@ class RewardModelConfig:
                 raise ValueError(f"RewardModelConfig.{name} must be >= 0, got {value}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"RewardModelConfig.pooling must be one of {POOLINGS}")
+        if self.layer_pooling not in LAYER_POOLINGS:
+            raise ValueError(f"RewardModelConfig.layer_pooling must be one of {LAYER_POOLINGS}")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ValueError("RewardModelConfig.heldout_fraction must be in [0, 1)")
         if 0 < self.state_cache_size < 2 * self.shared_batch_size:

@@ -5,14 +5,22 @@ The (prompt, completion) text is tokenized as a sentence pair (BERT-style
 ``[CLS] prompt [SEP] completion [SEP]``), so attention runs across both: a preference
 about how an answer relates to its prompt can be learnt (a cross-encoder). Then:
 
-    tokens -> lower layers (frozen) -> states s (T, H) -> top ``tuned_layers`` (trained)
-           -> pooling (mean or CLS, optionally L2-normalised) -> e (H,)
+    tokens -> embeddings h_0 -> lower layers h_1..h_k (frozen) -> top ``tuned_layers``
+           h_k+1..h_L (trained); each depth's token states pooled (mean or CLS, optionally
+           L2-normalised) -> e = [pool(h_0); ...; pool(h_L)]  ((L + 1) * H,)
+
+``layer_pooling="all"`` concatenates every depth (ELMo-style features): the word-piece
+embeddings and the lower layers keep what a text says word by word (register, hedges, a
+question mark, a list dash), the top layers what it means; a linear head on top can weigh
+either, so no preference has to fit the last layer's sentence-similarity geometry.
+``"last"`` pools only h_L (the sentence-transformers embedding).
 
 Caches, so that training costs little on a CPU:
 
-1. State cache: the frozen lower layers' output ``s`` of each (prompt, completion), an LRU
-   of ``state_cache_size`` entries (T x H floats each). A training step only runs the
-   top layers forward and backward on cached states.
+1. State cache: the frozen lower layers' output ``s`` = h_k of each (prompt, completion)
+   and the pooled features of h_0..h_k, an LRU of ``state_cache_size`` entries (T x H
+   floats each). A training step only runs the top layers forward and backward on cached
+   states.
 2. Pooled cache: the no-grad embedding ``e`` of each (prompt, completion) under the current
    top layers (``embedding_cache_size`` entries). ``mark_updated`` empties it whenever the
    top layers' weights change (the encoder's ``version`` counts those changes).
@@ -32,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.reward.config import POOLINGS
+from trainer.reward.config import LAYER_POOLINGS, POOLINGS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -89,9 +97,13 @@ class TextEncoder:
 
     def __init__(self, backbone: nn.Module, tokenizer: PreTrainedTokenizerBase, *,
                  max_length: int, pooling: str, normalize: bool, batch_size: int,
-                 cache_size: int, tuned_layers: int = 0, state_cache_size: int = 0) -> None:
+                 cache_size: int, tuned_layers: int = 0, state_cache_size: int = 0,
+                 layer_pooling: str = "last") -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if layer_pooling not in LAYER_POOLINGS:
+            raise ValueError(f"layer_pooling must be one of {LAYER_POOLINGS}, "
+                             f"got {layer_pooling!r}")
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -100,17 +112,23 @@ class TextEncoder:
         self.batch_size = batch_size
         self.cache_size = cache_size
         self.tuned_layers = tuned_layers
+        self.layer_pooling = layer_pooling
+        n_layers = int(backbone.config.num_hidden_layers)
         layers = encoder_layers(backbone) if tuned_layers else nn.ModuleList()
-        if tuned_layers > len(layers):
-            raise ValueError(f"tuned_layers {tuned_layers} > the encoder's {len(layers)}")
-        self.split = len(layers) - tuned_layers
-        """Index of the first trained layer (the cached states are its input)."""
+        if tuned_layers > n_layers:
+            raise ValueError(f"tuned_layers {tuned_layers} > the encoder's {n_layers}")
+        self.split = n_layers - tuned_layers
+        """Depth of the cached states: the input of the first trained layer."""
         self.top = nn.ModuleList(list(layers)[self.split:])
         """The trained top layers (empty when the encoder is frozen)."""
+        self.depths = tuple(range(n_layers + 1)) if layer_pooling == "all" else (n_layers,)
+        """Hidden-state depths pooled into e (0 = the word-piece embeddings)."""
         self.version = 0
         """Counts changes of the top layers' weights (``mark_updated``)."""
         self._pooled = _LRU(cache_size)
         self._states = _LRU(state_cache_size)
+        self._lower_pooled = _LRU(state_cache_size)
+        """Pooled features of the frozen depths (<= ``split``), kept beside ``_states``."""
 
     @classmethod
     def from_pretrained(cls, backbone_dir: str | Path, device: str, **kwargs) -> TextEncoder:
@@ -130,6 +148,11 @@ class TextEncoder:
         return int(self.backbone.config.hidden_size)
 
     @property
+    def feature_size(self) -> int:
+        """Width of e: the hidden size times the pooled depths."""
+        return self.hidden_size * len(self.depths)
+
+    @property
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
@@ -146,6 +169,7 @@ class TextEncoder:
         """Forget every cached state and embedding (after the backbone's weights change)."""
         self._pooled.clear()
         self._states.clear()
+        self._lower_pooled.clear()
 
     def cached_entries(self) -> int:
         return len(self._pooled)
@@ -153,14 +177,15 @@ class TextEncoder:
     def cached_bytes(self) -> int:
         """Bytes of tensor storage both caches hold (distinct storages counted once)."""
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                    for t in [*self._pooled.values(), *self._states.values()]}
+                    for t in [*self._pooled.values(), *self._states.values(),
+                              *self._lower_pooled.values()]}
         return sum(storages.values())
 
     # --- embeddings ----------------------------------------------------------------------
 
     def embed(self, prompts: Sequence[str], completions: Sequence[str],
               grad: bool = False) -> Tensor:
-        """Pooled embeddings (B, H). With ``grad`` the top layers run with gradients (on
+        """Pooled embeddings (B, F). With ``grad`` the top layers run with gradients (on
         cached lower states); without, rows come from the pooled cache where possible."""
         keys: list[CacheKey] = list(zip(prompts, completions, strict=True))
         if grad and self.top:  # a frozen encoder has no gradient to carry: use the cache
@@ -175,27 +200,29 @@ class TextEncoder:
         rows = [fresh[k] if k in fresh else self._pooled.get_row(k) for k in keys]
         for key, row in fresh.items():
             self._pooled.put(key, row)
-        return torch.stack(rows) if rows else torch.empty(0, self.hidden_size, device=self.device)
+        return torch.stack(rows) if rows else torch.empty(0, self.feature_size, device=self.device)
 
     def _embed_keys(self, keys: list[CacheKey]) -> Tensor:
-        """Pooled embeddings (B, H) of ``keys``, gradients flowing into the top layers when
+        """Pooled embeddings (B, F) of ``keys``, gradients flowing into the top layers when
         grad mode is on."""
         if not self.top:
             return self.encode([p for p, _ in keys], [c for _, c in keys])
-        states, mask = self._lower_states(keys)  # (B, T, H), (B, T)
+        states, mask, lower = self._lower_states(keys)  # (B, T, H), (B, T), (B, F_low)
         extended = (1.0 - mask[:, None, None, :].to(states.dtype)) \
             * torch.finfo(states.dtype).min  # (B, 1, 1, T) additive attention mask
-        hidden = states
-        for layer in self.top:
+        hidden, pooled = states, [lower]
+        for depth, layer in enumerate(self.top, start=self.split + 1):
             out = layer(hidden, attention_mask=extended)
             hidden = out[0] if isinstance(out, tuple) else out  # (B, T, H)
-        return self._pool(hidden, mask)
+            if depth in self.depths:
+                pooled.append(self._pool(hidden, mask))  # (B, H)
+        return torch.cat(pooled, dim=-1)  # (B, F)
 
     def encode(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
-        """The whole encoder on (prompt, completion) pairs, no cache: pooled (B, H)."""
+        """The whole encoder on (prompt, completion) pairs, no cache: pooled (B, F)."""
         batch = self._tokenize(list(zip(prompts, completions, strict=True)))
-        hidden = self.backbone(**batch).last_hidden_state  # (B, T, H)
-        return self._pool(hidden, batch["attention_mask"])
+        out = self.backbone(**batch, output_hidden_states=True)
+        return self._pool_depths(out.hidden_states, batch["attention_mask"], self.depths)
 
     def warm(self, prompts: Sequence[str], completions: Sequence[str]) -> None:
         """Fill the cache a training step reads: the lower layers' states when the top
@@ -205,42 +232,57 @@ class TextEncoder:
             self.embed(prompts, completions)
             return
         keys = list(zip(prompts, completions, strict=True))
-        for key, row in self._encode_lower(keys).items():
+        for key, (row, lower) in self._encode_lower(keys).items():
             self._states.put(key, row)
+            self._lower_pooled.put(key, lower)
 
-    def _encode_lower(self, keys: list[CacheKey]) -> dict[CacheKey, Tensor]:
-        """The frozen lower layers' output (T_i, H) of the distinct keys not cached."""
+    def _encode_lower(self, keys: list[CacheKey]) -> dict[CacheKey, tuple[Tensor, Tensor]]:
+        """The frozen lower layers of the distinct keys not cached: their output (T_i, H)
+        and the pooled features of the frozen depths (F_low,)."""
         missing = [k for k in dict.fromkeys(keys) if k not in self._states]
-        fresh: dict[CacheKey, Tensor] = {}
+        frozen = tuple(d for d in self.depths if d <= self.split)
+        fresh: dict[CacheKey, tuple[Tensor, Tensor]] = {}
         with torch.no_grad():
             for start in range(0, len(missing), self.batch_size):
                 chunk = missing[start:start + self.batch_size]
                 batch = self._tokenize(chunk)
                 out = self.backbone(**batch, output_hidden_states=True)
+                mask = batch["attention_mask"]  # (b, T)
                 states = out.hidden_states[self.split]  # (b, T, H) input of the first top layer
+                lower = self._pool_depths(out.hidden_states, mask, frozen)  # (b, F_low)
                 for i, key in enumerate(chunk):
-                    fresh[key] = states[i, : int(batch["attention_mask"][i].sum())]  # (T_i, H)
+                    fresh[key] = states[i, : int(mask[i].sum())], lower[i]  # (T_i, H), (F_low,)
         return fresh
 
-    def _lower_states(self, keys: list[CacheKey]) -> tuple[Tensor, Tensor]:
-        """The frozen lower layers' output for ``keys``, right-padded: (B, T, H), (B, T)."""
+    def _lower_states(self, keys: list[CacheKey]) -> tuple[Tensor, Tensor, Tensor]:
+        """The frozen lower layers for ``keys``: output right-padded (B, T, H), its mask
+        (B, T), and the frozen depths' pooled features (B, F_low)."""
         fresh = self._encode_lower(keys)
-        rows = [fresh[k] if k in fresh else self._states.get_row(k) for k in keys]
-        for key, row in fresh.items():
+        rows = [fresh[k] if k in fresh else (self._states.get_row(k),
+                                             self._lower_pooled.get_row(k)) for k in keys]
+        for key, (row, lower) in fresh.items():
             self._states.put(key, row)
-        longest = max(r.shape[0] for r in rows)
-        states = torch.zeros(len(rows), longest, rows[0].shape[-1], device=self.device)
+            self._lower_pooled.put(key, lower)
+        longest = max(r.shape[0] for r, _ in rows)
+        states = torch.zeros(len(rows), longest, rows[0][0].shape[-1], device=self.device)
         mask = torch.zeros(len(rows), longest, dtype=torch.long, device=self.device)
-        for i, row in enumerate(rows):
+        for i, (row, _) in enumerate(rows):
             states[i, : row.shape[0]] = row
             mask[i, : row.shape[0]] = 1
-        return states, mask
+        return states, mask, torch.stack([lower for _, lower in rows])
 
     def _tokenize(self, keys: list[CacheKey]):  # type: ignore[no-untyped-def]
         """Sentence-pair batch; "longest_first" trims the longer of prompt and completion."""
         return self.tokenizer([p for p, _ in keys], [c for _, c in keys], padding=True,
                               truncation="longest_first", max_length=self.max_length,
                               return_tensors="pt").to(self.device)
+
+    def _pool_depths(self, hidden_states: Sequence[Tensor], mask: Tensor,
+                     depths: Sequence[int]) -> Tensor:
+        """Every depth's (B, T, H) states pooled and concatenated: (B, len(depths) * H)."""
+        pooled = [self._pool(hidden_states[d], mask) for d in depths]
+        return torch.cat(pooled, dim=-1) if pooled else mask.new_zeros(
+            mask.shape[0], 0, dtype=torch.float32)
 
     def _pool(self, hidden: Tensor, mask: Tensor) -> Tensor:
         """(B, T, H) token states -> (B, H), over real tokens only."""

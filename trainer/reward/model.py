@@ -1,16 +1,17 @@
 """A personal reward model: a cross-encoder with trained top layers, a shared head, and two
 small heads per user.
 
-    e = encoder(prompt, completion)                      (H,) pooled, trained top layers
+    e = encoder(prompt, completion)                      (F,) every depth pooled, top trained
     reward(user, ·) = shared_head(e) + policy_u(e)       what PPO optimises
     judge(user, ·)  = shared_head(e) + judge_u(e)        what the publish gate trusts
 
 1. Encoder (``TextEncoder``): a HF encoder (default all-MiniLM-L6-v2) reads prompt and
    completion together; its lower layers are frozen (their output cached), its top
    ``tuned_layers`` are trained on everyone's pairs, so the features follow whatever the
-   users prefer, not a fixed list of them.
+   users prefer, not a fixed list of them. e concatenates every depth's pooled states
+   (F = 7 x 384 for MiniLM), so a head can weigh word-level and meaning-level evidence.
 2. Shared head: ``nn.Linear(H, 1)``, the positive-class logit of a "preferred" classifier.
-3. Per-user heads (``UserHead``): two residuals of H + 1 floats, zero-initialised (a new
+3. Per-user heads (``UserHead``): two residuals of F + 1 floats, zero-initialised (a new
    user scores exactly like the shared model), L2-pulled toward zero (a Gaussian prior
    centred on the shared model). The policy head trains on one half of the user's
    training prompts, the judge head on the other half (``fold_of``): the judge is a
@@ -25,7 +26,8 @@ Training, per turn of a user:
   weights), and the top layers and the shared head take the gradient. Conflicting users
   do not cancel out: their heads point different ways over shared features.
 - ``train_user``: the encoder frozen, the user's two heads on cached embeddings (logistic
-  regression: convex, stable, deterministic from zero).
+  regression solved by L-BFGS: convex, so the fit is the same optimum whatever its
+  start; deterministic).
 
 Losses: Bradley-Terry on pairs, BCE with logits on thumbs (``trainer.reward.losses``).
 Held-out data: ``split_heldout`` keeps a hash-chosen share of each user's *prompts* (so
@@ -53,7 +55,6 @@ from trainer.reward.data import (
     ThumbExample,
     fold_of,
     split_heldout,
-    stable_hash,
 )
 from trainer.reward.encoder import TextEncoder, default_backbone_dir
 from trainer.reward.losses import pairwise_accuracy_from_rewards, pairwise_loss, thumbs_loss
@@ -90,8 +91,9 @@ class PersonalRewardModel:
             config.backbone or default_backbone_dir(), config.device,
             max_length=config.max_length, pooling=config.pooling, normalize=config.normalize,
             batch_size=config.encode_batch_size, cache_size=config.embedding_cache_size,
-            tuned_layers=config.tuned_layers, state_cache_size=config.state_cache_size)
-        self.hidden_size = self.encoder.hidden_size
+            tuned_layers=config.tuned_layers, state_cache_size=config.state_cache_size,
+            layer_pooling=config.layer_pooling)
+        self.hidden_size = self.encoder.feature_size
         """Width of the heads' input e."""
         self.shared_head = nn.Linear(self.hidden_size, 1).to(self.encoder.device)
         nn.init.zeros_(self.shared_head.weight)
@@ -154,7 +156,7 @@ class PersonalRewardModel:
                 optimizer.step()
                 steps += 1
                 losses.append(loss.item())
-        if steps:
+        if steps and self.encoder.top:  # a frozen encoder's cached embeddings stay valid
             self.encoder.mark_updated()
         # 3. evaluate on the held-out pairs
         accuracy = self._accuracy(None, POLICY, held_pairs)
@@ -188,8 +190,8 @@ class PersonalRewardModel:
                             user_id, len(fold), part, cfg.user_min_examples)
                 continue
             head = self.users.get_or_create(user_id)
-            s, loss = self._fit_head(user_id, head, part, fold)
-            epochs, steps = cfg.user_epochs, steps + s
+            s, loss = self._fit_head(head, part, fold)
+            epochs, steps = 1, steps + s
             losses.append(loss)
             head.n_examples[part] = len(fold)
         # 3. evaluate the policy head, the judge and the shared model on held-out pairs
@@ -206,31 +208,36 @@ class PersonalRewardModel:
         logger.info("trained reward heads of user %s: %s", user_id, metrics)
         return metrics
 
-    def _fit_head(self, user_id: str, head: UserHead, part: int,
-                  items: list[Example]) -> tuple[int, float]:
-        """Minibatch Adam on one head (encoder frozen); (steps, mean loss of the last epoch)."""
+    def _fit_head(self, head: UserHead, part: int, items: list[Example]) -> tuple[int, float]:
+        """One head's logistic regression on cached embeddings (encoder and shared head
+        fixed), solved by L-BFGS from its present weights: the objective is convex, so
+        the fit converges to the same optimum however it starts and in whatever order the
+        examples came; (iterations, final loss)."""
         cfg = self.config
-        weight, bias = head.weight, head.bias
-        optimizer = torch.optim.Adam([weight, bias], lr=cfg.user_lr)
-        generator = torch.Generator().manual_seed((cfg.seed ^ stable_hash(user_id)) % 2**63)
-        steps, losses = 0, [float("nan")]
-        for _epoch in range(cfg.user_epochs):
-            order = torch.randperm(len(items), generator=generator).tolist()
-            losses = []
-            for begin in range(0, len(items), cfg.batch_size):
-                batch = [items[i] for i in order[begin:begin + cfg.batch_size]]
-                loss = self._batch_loss(batch, lambda _e: (head, part), grad=False) \
-                    + cfg.user_l2 * (weight[part].pow(2).sum() + bias[part].pow(2))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                # only this part's row moves: the other head keeps its weights exactly
-                keep = [i for i in range(weight.shape[0]) if i != part]
-                weight.grad[keep] = 0.0  # type: ignore[index]
-                bias.grad[keep] = 0.0  # type: ignore[index]
-                optimizer.step()
-                steps += 1
-                losses.append(loss.item())
-        return steps, sum(losses) / len(losses)
+        with torch.no_grad():
+            e = self.head_inputs(*_texts(items))  # (2P + M, F)
+            shared = self.shared_head(e).squeeze(-1)  # (2P + M,)
+        w = head.weight[part].detach().clone().requires_grad_(True)  # (F,)
+        b = head.bias[part].detach().clone().requires_grad_(True)  # ()
+        optimizer = torch.optim.LBFGS([w, b], lr=1.0, max_iter=cfg.user_max_iter,
+                                      history_size=20, line_search_fn="strong_wolfe",
+                                      tolerance_grad=1e-6, tolerance_change=1e-9)
+
+        def objective() -> Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            loss = self._examples_loss(shared + e @ w + b, items) \
+                + cfg.user_l2 * (w.pow(2).sum() + b.pow(2))
+            loss.backward()
+            return loss
+
+        optimizer.step(objective)  # type: ignore[arg-type]
+        with torch.no_grad():  # only this part's row moves: the other head keeps its weights
+            head.weight[part] = w
+            head.bias[part] = b
+            final = self._examples_loss(shared + e @ w + b, items) \
+                + cfg.user_l2 * (w.pow(2).sum() + b.pow(2))
+        iterations = int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
+        return iterations, final.item()
 
     def _heads_of(self, example: Example) -> tuple[UserHead, int] | None:
         """The head (and part) an example of the shared sample is scored with."""
@@ -241,14 +248,20 @@ class PersonalRewardModel:
     def _batch_loss(self, batch: Sequence[Example],
                     heads: Callable[[Example], tuple[UserHead, int] | None],
                     grad: bool) -> Tensor:
-        """Example-weighted mean of the Bradley-Terry loss (pairs) and BCE (thumbs)."""
-        pairs = [e for e in batch if isinstance(e, PairExample)]
-        thumbs = [e for e in batch if isinstance(e, ThumbExample)]
-        e = self.encoder.embed(*_texts([*pairs, *thumbs]), grad=grad)  # (2P + M, H)
-        owners = [*pairs, *pairs, *thumbs]
+        """The batch's loss, every example scored by the shared head plus its own head."""
+        e = self.encoder.embed(*_texts(batch), grad=grad)  # (2P + M, F)
+        pairs = [x for x in batch if isinstance(x, PairExample)]
+        owners = [*pairs, *pairs, *[x for x in batch if isinstance(x, ThumbExample)]]
         residual = torch.stack([_residual(heads(o), row) for o, row in zip(owners, e,
                                                                            strict=True)])
-        r = self.shared_head(e).squeeze(-1) + residual  # (2P + M,)
+        return self._examples_loss(self.shared_head(e).squeeze(-1) + residual, batch)
+
+    @staticmethod
+    def _examples_loss(r: Tensor, items: Sequence[Example]) -> Tensor:
+        """Example-weighted mean of the Bradley-Terry loss (pairs) and BCE (thumbs), from
+        the rewards r (2P + M,) of the texts in ``_texts(items)`` order."""
+        pairs = [x for x in items if isinstance(x, PairExample)]
+        thumbs = [x for x in items if isinstance(x, ThumbExample)]
         n_p = len(pairs)
         loss = r.new_zeros(())
         if pairs:
@@ -258,7 +271,7 @@ class PersonalRewardModel:
             label = r.new_tensor([t.label for t in thumbs])  # (M,)
             weight = r.new_tensor([t.weight for t in thumbs])  # (M,)
             loss = loss + len(thumbs) * thumbs_loss(r[2 * n_p:], label, weight)
-        return loss / len(batch)
+        return loss / len(items)
 
     def _warm(self, items: Sequence[Example], pooled: bool) -> float:
         """Fill the caches for ``items`` in large batches, once; seconds it took. The heads
@@ -317,20 +330,23 @@ class PersonalRewardModel:
         state |= {f"top.{k}": v for k, v in self.encoder.top.state_dict().items()}
         meta = {"format": SHARED_FORMAT, "hidden_size": str(self.hidden_size),
                 "pooling": self.config.pooling, "normalize": str(self.config.normalize),
-                "tuned_layers": str(self.config.tuned_layers)}
+                "tuned_layers": str(self.config.tuned_layers),
+                "layer_pooling": self.config.layer_pooling}
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path),
                   metadata=meta)
         return Path(path)
 
     def load_shared(self, path: str | Path) -> None:
-        """Load what ``save_shared`` wrote (same pooling, normalisation and tuned layers)."""
+        """Load what ``save_shared`` wrote (same pooling, normalisation, tuned layers and
+        pooled depths)."""
         state, meta = read_safetensors(path, SHARED_FORMAT)
-        settings = (self.config.pooling, str(self.config.normalize),
-                    str(self.config.tuned_layers))
-        saved = (meta.get("pooling"), meta.get("normalize"), meta.get("tuned_layers"))
+        names = ("pooling", "normalize", "tuned_layers", "layer_pooling")
+        settings = tuple(str(getattr(self.config, n)) for n in names)
+        saved = tuple(meta.get(n) for n in names)
         if saved != settings:
-            raise ValueError(f"{path} was trained with other pooling, normalisation or "
-                             "tuned layers")
+            raise ValueError(f"{path} was trained with other settings: "
+                             f"{dict(zip(names, saved, strict=True))} (now "
+                             f"{dict(zip(names, settings, strict=True))})")
         head = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
         check_state(head, {k: v.shape for k, v in self.shared_head.state_dict().items()})
         self.shared_head.load_state_dict(head)
@@ -341,7 +357,7 @@ class PersonalRewardModel:
 
 
 def _residual(found: tuple[UserHead, int] | None, e: Tensor) -> Tensor:
-    """The user-head residual of one embedding e (H,): a scalar, 0 without a head."""
+    """The user-head residual of one embedding e (F,): a scalar, 0 without a head."""
     if found is None:
         return e.new_zeros(())
     head, part = found

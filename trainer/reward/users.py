@@ -1,8 +1,8 @@
 """Per-user reward heads: the tiny residuals each user adds to the shared reward, in an LRU.
 
-A ``UserHead`` holds two residuals of H + 1 floats each (the policy head PPO optimises and
-the judge head the publish gate trusts; 770 floats for MiniLM, ~3 KB as a safetensors
-file), so thousands of users fit in memory. ``UserHeadPool`` keeps at
+A ``UserHead`` holds two residuals of F + 1 floats each (the policy head PPO optimises and
+the judge head the publish gate trusts; 5,378 floats for MiniLM's 7 pooled depths, ~21 KB
+as a safetensors file), so thousands of users fit in memory. ``UserHeadPool`` keeps at
 most ``max_resident`` of them: ``on_evict(user_id)`` runs while the user is still
 resident (e.g. to ``save``), and ``user_source(user_id)`` names a file written by
 ``save`` to reload on a miss, as in ``trainer.ppo.policies``. A file that does not fit
@@ -37,7 +37,7 @@ EvictHook = Callable[[str], None]
 
 
 class UserHead(nn.Module):
-    """One user's residual rewards: r_part(e) = e . weight[part] + bias[part], (B, H) -> (B,).
+    """One user's residual rewards: r_part(e) = e . weight[part] + bias[part], (B, F) -> (B,).
 
     Zero-initialised, so a new user's reward equals the shared reward. ``n_examples[part]``
     records how many examples that part was last trained on (the fallback rule reads it).
@@ -50,7 +50,7 @@ class UserHead(nn.Module):
         self.register_buffer("n_examples", torch.zeros(2, dtype=torch.int64))
 
     def forward(self, emb: Tensor, part: int = POLICY) -> Tensor:
-        return emb @ self.weight[part] + self.bias[part]  # (B, H) -> (B,)
+        return emb @ self.weight[part] + self.bias[part]  # (B, F) -> (B,)
 
 
 class UserHeadPool:
