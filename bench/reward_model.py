@@ -114,7 +114,7 @@ def main() -> None:
     p.add_argument("--rankings", type=int, default=40, help="rankings per user")
     p.add_argument("--candidates", type=int, default=4, help="answers per ranking")
     p.add_argument("--noise", type=float, default=0.3, help="labeler Gumbel noise scale")
-    p.add_argument("--settings", default="2:all,2:last,0:all",
+    p.add_argument("--settings", default="0:all,2:all,0:last",
                    help="tuned_layers:layer_pooling settings compared side by side")
     p.add_argument("--batch", type=int, default=8, help="completions per score call")
     p.add_argument("--threads", type=int, default=2)

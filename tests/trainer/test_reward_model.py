@@ -201,12 +201,14 @@ def trained() -> Trained:
     return Trained(model, data, metrics, shared_after_shared, formal_after_formal)
 
 
-def _encoder_copy(base: TextEncoder) -> TextEncoder:
-    """An encoder with a copy of ``base``'s backbone weights and settings, and an empty cache."""
+def _encoder_copy(base: TextEncoder, tuned_layers: int | None = None) -> TextEncoder:
+    """An encoder with a copy of ``base``'s backbone weights and settings (or another number
+    of trained top layers), and an empty cache."""
+    layers = base.tuned_layers if tuned_layers is None else tuned_layers
     return TextEncoder(copy.deepcopy(base.backbone), base.tokenizer, max_length=base.max_length,
                        pooling=base.pooling, normalize=base.normalize,
                        batch_size=base.batch_size, cache_size=base.cache_size,
-                       tuned_layers=base.tuned_layers, state_cache_size=64,
+                       tuned_layers=layers, state_cache_size=64,
                        layer_pooling=base.layer_pooling)
 
 
@@ -313,8 +315,9 @@ def test_train_user_refuses_another_users_examples(trained: Trained) -> None:
 
 def test_shared_training_moves_only_the_top_layers_and_marks_embeddings_stale(
         trained: Trained) -> None:
-    encoder = _encoder_copy(trained.model.encoder)
-    cfg = RewardModelConfig(shared_steps=2, shared_batch_size=4, heldout_fraction=0.0)
+    encoder = _encoder_copy(trained.model.encoder, tuned_layers=2)
+    cfg = RewardModelConfig(shared_steps=2, shared_batch_size=4, heldout_fraction=0.0,
+                            tuned_layers=2)
     model = PersonalRewardModel(cfg, encoder=encoder)
     model.shared_head.load_state_dict(trained.model.shared_head.state_dict())
     pairs = trained.data["formal"][0][:4]
@@ -329,8 +332,22 @@ def test_shared_training_moves_only_the_top_layers_and_marks_embeddings_stale(
     assert not any(p.requires_grad for p in encoder.backbone.parameters())
 
 
+def test_a_frozen_encoders_embeddings_stay_cached_through_shared_training(
+        trained: Trained) -> None:
+    encoder = _encoder_copy(trained.model.encoder, tuned_layers=0)
+    cfg = RewardModelConfig(shared_steps=2, shared_batch_size=4, heldout_fraction=0.0,
+                            tuned_layers=0)
+    model = PersonalRewardModel(cfg, encoder=encoder)
+    pairs = trained.data["formal"][0][:4]
+    model.score("anyone", [pairs[0].prompt], [pairs[0].chosen])
+    head = model.shared_head.weight.detach().clone()
+    metrics = model.train_shared(pairs)
+    assert metrics.steps == 2 and not torch.equal(model.shared_head.weight, head)
+    assert encoder.version == 0 and encoder.cached_entries() >= 1  # nothing to re-encode
+
+
 def test_cached_lower_states_give_the_full_encoders_embeddings(trained: Trained) -> None:
-    encoder = _encoder_copy(trained.model.encoder)
+    encoder = _encoder_copy(trained.model.encoder, tuned_layers=2)
     prompts, completions = ["What is inflation?", "Hi"], ["Prices rise over time.", "Hello!"]
     cached = encoder.embed(prompts, completions)
     with torch.no_grad():

@@ -35,9 +35,12 @@ class RewardModelConfig:
     """Token budget of prompt + completion; the longer one is truncated first."""
     encode_batch_size: int = 32
     """Sequences per backbone forward pass when filling the caches."""
-    tuned_layers: int = 2
+    tuned_layers: int = 0
     """Top transformer layers of the encoder trained on everyone's pairs (the rest stay
-    frozen, their output cached); 0 freezes the whole encoder. Needs a BERT-style encoder."""
+    frozen, their output cached); 0 freezes the whole encoder. Needs a BERT-style encoder.
+    0 by default: with every depth pooled, 2 trained layers gave no better held-out
+    accuracy at 40 rankings per user and cost ~25 s per turn on 2 cores against ~0.1 s
+    (bench.reward_model, docs/benchmarks.md); more shared data may change that."""
     state_cache_size: int = 4096
     """Cached lower-layer token states of (prompt, completion) texts (LRU; T x H floats
     each, ~100 KB for a 64-token text with MiniLM)."""
