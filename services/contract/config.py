@@ -26,6 +26,7 @@ SECTIONS = ("SERVER", "TRAINER")
 OTHER_VARIABLES = frozenset({
     "PERSONALIZE_TOKEN",  # the CLI's default bearer token
     "PERSONALIZE_FUZZ_EXAMPLES",  # examples per RPC of the test suite's fuzzing
+    "PERSONALIZE_LORA_CPU_OPS",  # EngineConfig.lora_cpu_ops, exported to vLLM's processes
 })
 """Variables outside the sections that are read by name."""
 

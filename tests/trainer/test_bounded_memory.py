@@ -135,7 +135,8 @@ class _CountingEncoder(TextEncoder):
 
     def __init__(self, cache_size: int, batch_size: int = 32) -> None:
         backbone = nn.Linear(1, 8)
-        backbone.config = SimpleNamespace(hidden_size=8)  # type: ignore[assignment]
+        backbone.config = SimpleNamespace(hidden_size=8,  # type: ignore[assignment]
+                                          num_hidden_layers=1)
         super().__init__(backbone, None, max_length=16, pooling="mean",  # type: ignore[arg-type]
                          normalize=False, batch_size=batch_size, cache_size=cache_size)
         self.encoded = 0
