@@ -313,16 +313,24 @@ def test_train_user_refuses_another_users_examples(trained: Trained) -> None:
         trained.model.train_user("casual", trained.data["formal"][0])
 
 
-def test_shared_training_moves_only_the_top_layers_and_marks_embeddings_stale(
-        trained: Trained) -> None:
-    encoder = _encoder_copy(trained.model.encoder, tuned_layers=2)
+def _shared_step_setup(trained: Trained, tuned_layers: int
+                       ) -> tuple[PersonalRewardModel, TextEncoder, list[PairExample]]:
+    """A model with a fresh copy of the encoder (``tuned_layers`` trained), the trained
+    shared head, one text scored (so cached), and four pairs for two shared steps."""
+    encoder = _encoder_copy(trained.model.encoder, tuned_layers=tuned_layers)
     cfg = RewardModelConfig(shared_steps=2, shared_batch_size=4, heldout_fraction=0.0,
-                            tuned_layers=2)
+                            tuned_layers=tuned_layers)
     model = PersonalRewardModel(cfg, encoder=encoder)
     model.shared_head.load_state_dict(trained.model.shared_head.state_dict())
     pairs = trained.data["formal"][0][:4]
     model.score("anyone", [pairs[0].prompt], [pairs[0].chosen])
     assert encoder.cached_entries() == 1
+    return model, encoder, pairs
+
+
+def test_shared_training_moves_only_the_top_layers_and_marks_embeddings_stale(
+        trained: Trained) -> None:
+    model, encoder, pairs = _shared_step_setup(trained, tuned_layers=2)
     top = {k: v.clone() for k, v in encoder.top.state_dict().items()}
     lower = next(encoder.backbone.embeddings.parameters()).detach().clone()
     metrics = model.train_shared(pairs)
@@ -334,16 +342,12 @@ def test_shared_training_moves_only_the_top_layers_and_marks_embeddings_stale(
 
 def test_a_frozen_encoders_embeddings_stay_cached_through_shared_training(
         trained: Trained) -> None:
-    encoder = _encoder_copy(trained.model.encoder, tuned_layers=0)
-    cfg = RewardModelConfig(shared_steps=2, shared_batch_size=4, heldout_fraction=0.0,
-                            tuned_layers=0)
-    model = PersonalRewardModel(cfg, encoder=encoder)
-    pairs = trained.data["formal"][0][:4]
-    model.score("anyone", [pairs[0].prompt], [pairs[0].chosen])
+    model, encoder, pairs = _shared_step_setup(trained, tuned_layers=0)
     head = model.shared_head.weight.detach().clone()
     metrics = model.train_shared(pairs)
     assert metrics.steps == 2 and not torch.equal(model.shared_head.weight, head)
-    assert encoder.version == 0 and encoder.cached_entries() >= 1  # nothing to re-encode
+    texts = {(p.prompt, t) for p in pairs for t in (p.chosen, p.rejected)}
+    assert encoder.version == 0 and encoder.cached_entries() == len(texts)  # none dropped
 
 
 def test_cached_lower_states_give_the_full_encoders_embeddings(trained: Trained) -> None:
