@@ -223,10 +223,13 @@ class PersonalRewardModel:
                                       history_size=20, line_search_fn="strong_wolfe",
                                       tolerance_grad=1e-6, tolerance_change=1e-9)
 
+        def penalised() -> Tensor:  # the user's loss + the L2 pull toward the shared model
+            return self._examples_loss(shared + e @ w + b, items) \
+                + cfg.user_l2 * (w.pow(2).sum() + b.pow(2))
+
         def objective() -> Tensor:
             optimizer.zero_grad(set_to_none=True)
-            loss = self._examples_loss(shared + e @ w + b, items) \
-                + cfg.user_l2 * (w.pow(2).sum() + b.pow(2))
+            loss = penalised()
             loss.backward()
             return loss
 
@@ -234,9 +237,8 @@ class PersonalRewardModel:
         with torch.no_grad():  # only this part's row moves: the other head keeps its weights
             head.weight[part] = w
             head.bias[part] = b
-            final = self._examples_loss(shared + e @ w + b, items) \
-                + cfg.user_l2 * (w.pow(2).sum() + b.pow(2))
-        iterations = int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
+            final = penalised()
+        iterations = int(optimizer.state[w].get("n_iter", 0))
         return iterations, final.item()
 
     def _heads_of(self, example: Example) -> tuple[UserHead, int] | None:
