@@ -22,7 +22,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from trainer.ppo.policies import PolicyPool
+from trainer.ppo.policies import PolicyPool, base_dtype
 from trainer.ppo.rollout import response_mask, sample_rollout
 from trainer.ppo.trainer import PPOConfig, PPOTrainer, policy_forward
 
@@ -32,7 +32,7 @@ PROMPTS = [
                  "what is 2+2?")
 ]
 FAST = PPOConfig(lr=3e-3, batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=4,
-                 temperature=0.2, kl_coef=0.01, seed=0)
+                 temperature=0.2, kl_coef=0.01, seed=0, dtype="float32")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -167,6 +167,44 @@ def test_stop_at_max_steps_across_budgeted_calls(tiny_model_dir: Path) -> None:
                         (0, 5, "max_steps")]
     assert math.isnan(runs[-1].reward_before)
     assert [m.step for r in runs for m in r.history] == [0, 1, 2, 3, 4]
+
+
+def test_bfloat16_base_trains_float32_adapters(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A bf16 base model (the "auto" choice on CPUs with native bf16): the user's LoRA and
+    value head stay float32 through training, export and reload; the base is untouched."""
+    config = dataclasses.replace(FAST, dtype="bfloat16")
+    pool = make_pool(tiny_model_dir, config, adapter_source=lambda u: tmp_path / u
+                     if (tmp_path / u).exists() else None)
+    trainer = PPOTrainer(pool, config)
+    pool.activate("fay")
+    base_before, before = base_weights(pool), adapter_weights(pool, "fay")
+    assert {p.dtype for p in base_before.values()} == {torch.bfloat16}
+
+    result = trainer.train_user("fay", PROMPTS, vowel_reward, steps=2)
+
+    assert result.steps == 2 and all(math.isfinite(m.pg_loss) for m in result.history)
+    after = adapter_weights(pool, "fay")
+    assert {p.dtype for p in after.values()} == {torch.float32}
+    assert any(not torch.equal(after[n], before[n]) for n in after if "lora_B" in n)
+    assert_same(base_weights(pool), base_before)
+    pool.export_adapter("fay", tmp_path / "fay")
+    saved = load_file(tmp_path / "fay" / "adapter_model.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    pool.evict("fay")
+    pool.activate("fay")  # reloaded from the export, exactly
+    assert_same(adapter_weights(pool, "fay"), after)
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16),
+                                                  (False, torch.float32)])
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_computes_it(
+        monkeypatch: pytest.MonkeyPatch, native: bool, expected: torch.dtype) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert base_dtype("auto", torch.device("cpu")) == expected
+    assert base_dtype("float32", torch.device("cpu")) == torch.float32
+    with pytest.raises(ValueError, match="dtype"):
+        PPOConfig(dtype="float33")
 
 
 # --- the adapter pool ----------------------------------------------------------------------

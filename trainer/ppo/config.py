@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 RewardFn = Callable[[list[str], list[str]], Tensor]
@@ -82,8 +83,12 @@ class PPOConfig:
     """Seed of sampling and minibatch order (mixed with the user id and step)."""
     device: str = "cpu"
     """Torch device of the base model ("cpu", "cuda", "cuda:1", ...)."""
-    dtype: str = "float32"
-    """Torch dtype name of the base model weights (e.g. "bfloat16" on a GPU)."""
+    dtype: str = "auto"
+    """Torch dtype name of the frozen base model's weights ("float32", "bfloat16", ...), or
+    "auto": bfloat16 where the device computes it natively (a CUDA GPU with bf16, a CPU
+    with AVX512-BF16 or AMX), float32 elsewhere. The user's LoRA and value head are
+    trained in float32 whatever the base's dtype (their optimiser steps would round away
+    in bf16); vLLM serves the base in bf16 too."""
 
     def __post_init__(self) -> None:
         positive = ("lr", "batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens",
@@ -95,6 +100,9 @@ class PPOConfig:
             raise ValueError("PPOConfig.mini_batch_size must not exceed batch_size")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"PPOConfig.top_p must be in (0, 1], got {self.top_p}")
+        if self.dtype != "auto" and not isinstance(getattr(torch, self.dtype, None), torch.dtype):
+            raise ValueError(f"PPOConfig.dtype must be 'auto' or a torch dtype name, got "
+                             f"{self.dtype!r}")
         if self.target_kl is not None and self.target_kl <= 0:
             raise ValueError(f"PPOConfig.target_kl must be > 0 or None, got {self.target_kl}")
 
