@@ -17,11 +17,13 @@ from trainer.config import PublishConfig, ScheduleConfig, TrainerConfig
 from trainer.data.examples import build_examples
 from trainer.data.preferences import FeedbackEvent, PreferenceConfig
 from trainer.ingest.journal import Joined
+from trainer.loop import gate
 from trainer.loop.degenerate import OutputHealth, output_health, repeated_ngram_share
 from trainer.loop.gate import AdapterSample, snapshot, verdict
 from trainer.loop.learner import Learner
 from trainer.metrics import TrainerMetrics
 from trainer.ppo.config import PPOConfig
+from trainer.ppo.experience import collect
 from trainer.reward.config import RewardModelConfig
 from trainer.reward.data import split_heldout
 
@@ -73,14 +75,17 @@ def learner_setup(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     return learner, cfg, announced, metrics
 
 
-def test_gate_refuses_then_publishes(learner_setup) -> None:  # type: ignore[no-untyped-def]
+def test_gate_refuses_then_publishes(learner_setup, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     learner, cfg, announced, metrics = learner_setup
     store = AdapterStore(cfg.adapter_store)
     ex = build_examples(USER, joined_history(), PreferenceConfig(), HELDOUT)
     assert len(ex.pairs) == 3 * len(PROMPTS) and ex.eval_prompts and ex.train_prompts
+    sampled: list[int] = []  # the gate's generations (each adapter sampled on its prompts)
+    monkeypatch.setattr(gate, "collect", lambda *a, **k: sampled.append(1) or collect(*a, **k))
 
     # 1. a candidate that does not beat the served adapter by the margin is kept back
     first = learner.turn(USER, ex)
+    assert len(sampled) == 2, "the candidate and the served adapter are sampled"
     assert first.decision.startswith("kept: candidate judge reward"), first.decision
     assert first.steps == 2 and store.latest(USER) is None and announced == []
     pool = learner._ppo.pool
@@ -96,12 +101,24 @@ def test_gate_refuses_then_publishes(learner_setup) -> None:  # type: ignore[no-
     assert second.decision.startswith("kept: KL"), second.decision
     assert store.latest(USER) is None
     assert all(torch.equal(served[k], learner._served[USER][k]) for k in served)
+    assert len(sampled) == 3, "the served adapter is unchanged: only the candidate is sampled"
+    # what the gate reused is what sampling the served weights again gives
+    prompts = gate.held_out_sample(USER, ex.eval_prompts, cfg.publish.eval_prompts)
+    kept = learner._gate_samples.get(USER, gate.fingerprint(served, prompts,
+                                                            cfg.publish.eval_samples))
+    trained = snapshot(pool, USER)
+    gate.restore(pool, USER, served)
+    score = learner._reward_fn(learner._rm.judge, learner._ppo, USER, prompts)
+    _, fresh = gate.measure(learner._ppo, USER, prompts, score, score, cfg.publish)
+    gate.restore(pool, USER, trained)
+    assert kept == fresh
 
     # 3. through the gate: published, announced, and the baseline moves to it
     learner._cfg = dataclasses.replace(cfg, publish=dataclasses.replace(
         cfg.publish, min_improvement=-1e9, kl_bound=1e9))
     third = learner.turn(USER, ex)
     assert third.decision == "published v1" and third.published_version == "v1"
+    assert len(sampled) == 5  # the served sample again; the fresh measurement above
     manifest = store.manifest(USER, "v1")
     assert manifest.steps == 6 and manifest.feedback_count == len(PROMPTS)
     assert manifest.reward_before == pytest.approx(third.reward_before)

@@ -11,6 +11,9 @@ one too far from the base model (KL).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +31,59 @@ from trainer.reward.data import stable_hash
 GATE_SEED = 20_011
 """One seed for every adapter the gate compares: their difference is not sampling noise."""
 Snapshot = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class GateSample:
+    """The completions one adapter sampled on the gate's prompts."""
+
+    prompts: list[str]
+    """(N,) the prompts as the policy saw them, one per completion."""
+    completions: list[str]
+    """(N,) the decoded completions."""
+    ended: list[bool]
+    """(N,) True where a completion ended with an end-of-sequence token."""
+
+
+class GateSamples:
+    """Each user's latest gate completions by the fingerprint of the weights and prompts
+    they were sampled with: the served adapter's and the last candidate's (which becomes
+    the served one when it is published). Sampling is seeded (``GATE_SEED``) and
+    deterministic, so while a user's served adapter and gate prompts are unchanged a turn
+    samples only its candidate: one generation of the gate's two."""
+
+    KEEP = 2
+    """Samples kept per user: the served adapter's and the last candidate's."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, dict[str, GateSample]] = {}
+
+    def get(self, user_id: str, key: str) -> GateSample | None:
+        kept = self._kept.get(user_id, {})
+        if (sample := kept.pop(key, None)) is not None:
+            kept[key] = sample  # the most recently used last
+        return sample
+
+    def put(self, user_id: str, key: str, sample: GateSample) -> None:
+        kept = self._kept.setdefault(user_id, {})
+        kept.pop(key, None)
+        kept[key] = sample  # the most recently used last
+        while len(kept) > self.KEEP:
+            del kept[next(iter(kept))]
+
+    def forget(self, user_id: str) -> None:
+        self._kept.pop(user_id, None)
+
+
+def fingerprint(weights: Snapshot, prompts: Sequence[ChatMessages], samples: int) -> str:
+    """A digest of an adapter's weights and the gate's prompts and sample count."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(weights):
+        digest.update(name.encode())
+        digest.update(weights[name].detach().cpu().contiguous().view(torch.uint8).numpy())
+    digest.update(json.dumps([[dict(m) for m in p] for p in prompts], sort_keys=True).encode())
+    digest.update(str(samples).encode())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -53,30 +109,48 @@ def held_out_sample(user_id: str, prompts: Sequence[ChatMessages],
 
 
 def measure(ppo: PPOTrainer, user_id: str, prompts: Sequence[ChatMessages], judge: RewardFn,
-            optimised: RewardFn, gate: PublishConfig, with_kl: bool = True) -> AdapterSample:
-    """``gate.eval_samples`` completions per prompt from the user's active adapter."""
+            optimised: RewardFn, gate: PublishConfig, with_kl: bool = True,
+            reuse: GateSample | None = None) -> tuple[AdapterSample, GateSample]:
+    """``gate.eval_samples`` completions per prompt from the user's active adapter (or the
+    completions ``reuse`` holds: the same weights, prompts and seed sample the same ones),
+    scored now by both reward heads."""
     pool = ppo.pool
     pool.activate(user_id)
     batch = [p for p in prompts for _ in range(gate.eval_samples)]
-    exp = collect(pool.model, pool.tokenizer, ppo.generation, batch, judge, GATE_SEED,
-                  ppo.config.temperature, evaluate=with_kl)
-    rollout = exp.rollout
+    kl = math.nan
+    if reuse is None:
+        exp = collect(pool.model, pool.tokenizer, ppo.generation, batch, judge, GATE_SEED,
+                      ppo.config.temperature, evaluate=with_kl)
+        reuse = GateSample(exp.rollout.prompts, exp.rollout.completions, exp.ended.tolist())
+        kl = exp.kl
     with torch.no_grad():
-        policy_score = torch.as_tensor(optimised(rollout.prompts, rollout.completions))
-    health = output_health(rollout.completions, exp.ended.tolist(), gate.repetition_ngram,
+        judge_score = torch.as_tensor(judge(reuse.prompts, reuse.completions))
+        policy_score = torch.as_tensor(optimised(reuse.prompts, reuse.completions))
+    health = output_health(reuse.completions, reuse.ended, gate.repetition_ngram,
                            gate.max_repeated_ngram_share)
-    return AdapterSample(exp.score, policy_score.float().mean().item(), exp.kl, health)
+    return AdapterSample(judge_score.float().mean().item(), policy_score.float().mean().item(),
+                         kl, health), reuse
 
 
 def compare(ppo: PPOTrainer, user_id: str, prompts: Sequence[ChatMessages], judge: RewardFn,
-            optimised: RewardFn, gate: PublishConfig,
-            served: Snapshot) -> tuple[AdapterSample, AdapterSample, Snapshot]:
+            optimised: RewardFn, gate: PublishConfig, served: Snapshot,
+            kept: GateSamples) -> tuple[AdapterSample, AdapterSample, Snapshot]:
     """(served, candidate, candidate's weights): the user's current adapter (the candidate)
-    and the ``served`` weights measured alike; the candidate is active again after."""
-    new = measure(ppo, user_id, prompts, judge, optimised, gate)
+    and the ``served`` weights measured alike; the candidate is active again after. The
+    served adapter's completions come from ``kept`` when it holds them for these weights
+    and prompts (only the scores are recomputed); the candidate's are kept for the turn
+    after its publication."""
+    key = fingerprint(served, prompts, gate.eval_samples)
+    reuse = kept.get(user_id, key)
     candidate = snapshot(ppo.pool, user_id)
+    new, sample = measure(ppo, user_id, prompts, judge, optimised, gate)
+    kept.put(user_id, fingerprint(candidate, prompts, gate.eval_samples), sample)
+    if reuse is not None:
+        old, _ = measure(ppo, user_id, prompts, judge, optimised, gate, reuse=reuse)
+        return old, new, candidate
     restore(ppo.pool, user_id, served)
-    old = measure(ppo, user_id, prompts, judge, optimised, gate, with_kl=False)
+    old, sample = measure(ppo, user_id, prompts, judge, optimised, gate, with_kl=False)
+    kept.put(user_id, key, sample)
     restore(ppo.pool, user_id, candidate)
     return old, new, candidate
 

@@ -30,7 +30,14 @@ from services.contract.store import AdapterStore, StaleParent
 from trainer.config import TrainerConfig
 from trainer.data.chat import ChatMessages, prompt_text
 from trainer.data.examples import UserExamples
-from trainer.loop.gate import AdapterSample, compare, held_out_sample, snapshot, verdict
+from trainer.loop.gate import (
+    AdapterSample,
+    GateSamples,
+    compare,
+    held_out_sample,
+    snapshot,
+    verdict,
+)
 from trainer.loop.publish import Announce, Publisher
 from trainer.metrics import TrainerMetrics
 from trainer.ppo.config import UserProgress
@@ -91,6 +98,8 @@ class Learner:
         # the store version this process's state of each user descends from: the one
         # its weights were loaded from or last published as (the parent a publish names)
         self._parents: dict[str, str] = {}
+        # the served adapter's gate completions, reused while its weights are unchanged
+        self._gate_samples = GateSamples()
         self._rm: PersonalRewardModel | None = None
         # each user's last reward-model fit in this process (a turn without new data
         # reuses the fitted heads and reports these accuracies)
@@ -108,9 +117,14 @@ class Learner:
                 on_evict=lambda u: rm.save_user(u, self._head_file(u)))
             pool = PolicyPool.from_pretrained(self._cfg.policy_model, self._cfg.ppo,
                                               adapter_source=self._latest_adapter)
-            pool.add_evict_hook(lambda u: self._served.pop(u, None))  # reloads the published
+            pool.add_evict_hook(self._drop_served)  # reloads the published
             self._rm, self._ppo = rm, PPOTrainer(pool, self._cfg.ppo)
         return self._rm, self._ppo
+
+    def _drop_served(self, user_id: str) -> None:
+        """Forget the user's gate baseline: its weights and their gate completions."""
+        self._served.pop(user_id, None)
+        self._gate_samples.forget(user_id)
 
     def _head_file(self, user_id: str) -> Path:
         """Where an evicted user's reward heads are kept between turns."""
@@ -123,8 +137,9 @@ class Learner:
         optimiser and progress. The shared reward model keeps no example of the user
         from now on; what its earlier steps learnt from the user is not unlearnt (it
         fades as it trains on the others; docs/operations.md)."""
-        for kept in (self._fits, self._served, self._parents):
+        for kept in (self._fits, self._parents):
             kept.pop(user_id, None)
+        self._drop_served(user_id)
         self._shared.remove(user_id)
         self._head_file(user_id).unlink(missing_ok=True)
         if self._rm is not None:
@@ -150,7 +165,7 @@ class Learner:
     def _reload(self, ppo: PPOTrainer, user_id: str) -> None:
         """Continue the user from its latest published version: its weights (when
         resident; otherwise they load on activation), progress and gate baseline."""
-        self._served.pop(user_id, None)
+        self._drop_served(user_id)
         self._parents.pop(user_id, None)
         ppo.set_progress(user_id, UserProgress(steps=0, kl_coef=self._cfg.ppo.kl_coef))
         if user_id in ppo.pool.resident_users():  # replaced in place, no evict hooks
@@ -211,7 +226,7 @@ class Learner:
                               steps=steps, ppo_total_steps=ppo.progress(user_id).steps)
         judge_fn = self._reward_fn(rm.judge, ppo, user_id, gate_prompts)
         old, new, candidate = compare(ppo, user_id, gate_prompts, judge_fn, reward_fn,
-                                      self._cfg.publish, served)
+                                      self._cfg.publish, served, self._gate_samples)
         if should_stop():  # e.g. the partition moved during the gate: publish nothing
             return TurnResult(user_id, "interrupted", interrupted=True)
         result = self._decide(user_id, ex, steps, old, new, ppo, known_erasure)
