@@ -94,7 +94,8 @@ class Ours:
 
         cfg = PPOConfig(batch_size=args.batch, mini_batch_size=args.mini_batch,
                         ppo_epochs=args.epochs, max_new_tokens=args.tokens, lr=1e-4,
-                        temperature=1.0, max_resident_users=1)
+                        temperature=1.0, max_resident_users=1,
+                        dtype="float32")  # like TRL's side (the product picks bf16 by CPU)
         self.pool = PolicyPool.from_pretrained(args.model, cfg)
         tok = load_tokenizer(args.model)
         self.pool.tokenizer = tok
