@@ -12,7 +12,7 @@ another burst; after a new version is served, the next burst measures the warm
 trainer, until ``--publishes`` versions, ``--rounds`` bursts or ``--max-seconds``.
 
 With ``--open-gate`` (private stack only) the publish gate accepts any candidate
-within the KL bound, so the run measures the pipeline's latency rather than
+within the KL bound (the judge's verdict and the degenerate-output check are off), so the run measures the pipeline's latency rather than
 whether one turn of learning happened to beat the served adapter (the learning
 itself is bench.learning's subject). The trainer of a private stack loads its
 models on the first turn; that is part of the first round.
@@ -121,8 +121,10 @@ def main() -> None:
         rows, extra = run(args.server, args), {}
     else:
         env = {"PERSONALIZE_TRAINER_SCHEDULE_PPO_STEPS_PER_TURN": str(args.ppo_steps)}
-        if args.open_gate:
+        if args.open_gate:  # neither the judge's verdict nor the degenerate-output check
             env["PERSONALIZE_TRAINER_PUBLISH_MIN_IMPROVEMENT"] = "-1e9"
+            for share in ("EMPTY", "TRUNCATED", "REPETITIVE"):
+                env[f"PERSONALIZE_TRAINER_PUBLISH_MAX_{share}_SHARE"] = "1.0"
         settings["trainer_env"] = env
         with private_stack(args.model, trainer=True, env=env) as stack:
             rows, extra = run(stack.target, args), {"stack_start_s": stack.started_s}
