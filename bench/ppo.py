@@ -1,6 +1,7 @@
 """One PPO update: ours (trainer/ppo/trainer.py) vs TRL's PPOTrainer, same model, batch, lengths.
 
-    python -m bench.ppo          # SmolLM2-135M: 2 x 11 paired updates, about 35-45 min
+    python -m bench.ppo          # SmolLM2-135M: 3 x 11 paired updates, about 45-55 min
+    python -m bench.ppo --updates 0 --full-value-updates 0   # ours: float32 vs bf16 only
     python -m bench.ppo --model .cache/test-models/tiny-llama --updates 6 \
         --full-value-updates 0   # quick
 
@@ -26,8 +27,10 @@ one process and alternate update by update (TRL's callback runs one of ours betw
 its updates, outside TRL's timing), so a busy host slows both alike; each side's
 first update is an untimed warm-up, then ``--updates`` (``--full-value-updates``)
 timed pairs. The ratio ours/TRL of each pair is reported with the median and its
-distribution-free 95% interval (order statistics). ``--minilm`` also times ours with
-the production reward model (frozen MiniLM + heads), alone.
+distribution-free 95% interval (order statistics). Then ours in float32 against ours
+with the product's default dtype ("auto": a bf16 base model where the CPU computes bf16
+natively), ``--dtype-updates`` interleaved pairs after a warm-up each. ``--minilm``
+also times ours with the production reward model (frozen MiniLM + heads), alone.
 """
 
 from __future__ import annotations
@@ -88,14 +91,14 @@ def reward_model(model: str, pad_id: int):  # type: ignore[no-untyped-def]
 class Ours:
     """Our PPOTrainer on a PolicyPool, ready to run one update at a time."""
 
-    def __init__(self, args: argparse.Namespace, minilm: bool) -> None:
+    def __init__(self, args: argparse.Namespace, minilm: bool, dtype: str = "float32") -> None:
         from trainer.ppo.policies import PolicyPool
         from trainer.ppo.trainer import PPOConfig, PPOTrainer
 
         cfg = PPOConfig(batch_size=args.batch, mini_batch_size=args.mini_batch,
                         ppo_epochs=args.epochs, max_new_tokens=args.tokens, lr=1e-4,
                         temperature=1.0, max_resident_users=1,
-                        dtype="float32")  # like TRL's side (the product picks bf16 by CPU)
+                        dtype=dtype)  # float32 like TRL's side; the product's "auto" below
         self.pool = PolicyPool.from_pretrained(args.model, cfg)
         tok = load_tokenizer(args.model)
         self.pool.tokenizer = tok
@@ -218,6 +221,30 @@ def interleaved(args: argparse.Namespace, ours: Ours, frozen_value: bool, update
     return mine, trl, [o / t for o, t in zip(mine["update_s"], trl["update_s"], strict=False)]
 
 
+def compare_dtypes(args: argparse.Namespace, fp32: Ours) -> dict[str, Any]:
+    """Ours with a float32 base model vs the product's "auto" dtype, alternating update by
+    update (which goes first alternates too), after one untimed warm-up each."""
+    from trainer.ppo.policies import base_dtype
+
+    auto = Ours(args, minilm=False, dtype="auto")
+    auto.update()
+    times: dict[str, list[float]] = {"float32": [], "auto": []}
+    for i in range(args.dtype_updates):
+        order = (("float32", fp32), ("auto", auto))
+        for name, side in order if i % 2 == 0 else order[::-1]:
+            times[name].append(side.update())
+    paired = [a / f for a, f in zip(times["auto"], times["float32"], strict=True)]
+    lo, hi = median_interval(paired)
+    dtype = str(base_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
+    result = {"float32": {**fp32.result(times["float32"]), "dtype": "float32"},
+              "auto": {**auto.result(times["auto"]), "dtype": dtype},
+              "paired_ratios": paired, "ratio_median": median(paired), "ratio_lo": lo,
+              "ratio_hi": hi}
+    del auto
+    gc.collect()
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -232,6 +259,9 @@ def main() -> None:
     p.add_argument("--full-value-updates", type=int, default=10,
                    help="timed paired updates against TRL's default (its whole value model "
                         "trained); 0 skips that comparison")
+    p.add_argument("--dtype-updates", type=int, default=10,
+                   help="timed paired updates of ours in float32 vs the product's dtype "
+                        "('auto'); 0 skips that comparison")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: the trainer's setting in the local stack, and "
                         "steadier on a shared host)")
@@ -264,7 +294,15 @@ def main() -> None:
                             "ratio_lo": lo, "ratio_hi": hi})
         print(f"{name}: ours/TRL per pair {[round(x, 2) for x in paired]}", flush=True)
 
-    # 2. optional: ours with the production reward model, alone
+    # 2. ours in float32 (as against TRL) vs ours with the product's dtype ("auto": bf16
+    #    where the CPU computes it natively), interleaved update by update
+    dtypes = None
+    if args.dtype_updates > 0 and not budget.passed():
+        dtypes = compare_dtypes(args, ours)
+        print(f"ours auto/float32 per pair {[round(x, 2) for x in dtypes['paired_ratios']]}",
+              flush=True)
+
+    # 3. optional: ours with the production reward model, alone
     extra = run_ours(args, minilm=True) if args.minilm and not budget.passed() else None
     rows = []
     for c in comparisons:
@@ -277,15 +315,25 @@ def main() -> None:
         rows.append(["ours, MiniLM personal reward (alone)", median(extra["update_s"]),
                      min(extra["update_s"]), max(extra["update_s"]), len(extra["update_s"]),
                      extra["response_length"], f"{extra['trainable_params']:,}"])
-    print(table(["implementation", "update s (median)", "min s", "max s", "updates",
-                 "tokens", "trainable params"], rows))
-    print(table(["ours vs", "paired updates", "ratio ours/TRL, median", "95% interval"],
-                [[c["peer"], len(c["paired_ratios"]), c["ratio_median"],
-                  f"{c['ratio_lo']:.2f} - {c['ratio_hi']:.2f}"] for c in comparisons]))
+    if rows:
+        print(table(["implementation", "update s (median)", "min s", "max s", "updates",
+                     "tokens", "trainable params"], rows))
+    if comparisons:
+        print(table(["ours vs", "paired updates", "ratio ours/TRL, median", "95% interval"],
+                    [[c["peer"], len(c["paired_ratios"]), c["ratio_median"],
+                      f"{c['ratio_lo']:.2f} - {c['ratio_hi']:.2f}"] for c in comparisons]))
+    if dtypes is not None:
+        print(table(["ours", "base dtype", "update s (median)", "min s", "max s", "updates"],
+                    [[side, dtypes[side]["dtype"], median(dtypes[side]["update_s"]),
+                      min(dtypes[side]["update_s"]), max(dtypes[side]["update_s"]),
+                      len(dtypes[side]["update_s"])] for side in ("float32", "auto")]))
+        print(table(["auto vs float32", "paired updates", "ratio, median", "95% interval"],
+                    [["update time", len(dtypes["paired_ratios"]), dtypes["ratio_median"],
+                      f"{dtypes['ratio_lo']:.2f} - {dtypes['ratio_hi']:.2f}"]]))
     settings = vars(args) | {"model_dir": str(Path(args.model).resolve().name),
                              "torch": torch.__version__}
-    write_result("ppo", settings, {"comparisons": comparisons, "minilm": extra},
-                 args.out or None)
+    write_result("ppo", settings, {"comparisons": comparisons, "dtypes": dtypes,
+                                   "minilm": extra}, args.out or None)
 
 
 if __name__ == "__main__":
