@@ -14,6 +14,9 @@ from typing import Any, TypeVar
 
 SCHEMA_VERSION = 1
 T = TypeVar("T", bound="Record")
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+"""What ``json.dumps(body, separators=(",", ":"), ensure_ascii=False)`` builds on every
+call (the same output), made once."""
 
 
 class RecordError(ValueError):
@@ -47,7 +50,7 @@ class Record:
         # deep copy was the largest cost of a SubmitFeedback call)
         body = {"schema_version": SCHEMA_VERSION, "type": self.TYPE,
                 **{name: getattr(self, name) for name in _field_names(type(self))}}
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        return _ENCODER.encode(body).encode()
 
     @classmethod
     def from_json(cls: type[T], raw: bytes) -> T:

@@ -40,9 +40,9 @@ class FeedbackService:
         try:
             result = await self._submit(params)
         except DomainError as exc:
-            self._metrics.feedback.labels("rejected", type(exc).__name__).inc()
+            self._metrics.feedback_by("rejected", type(exc).__name__).inc()
             raise
-        self._metrics.feedback.labels("accepted", params.kind).inc()
+        self._metrics.feedback_by("accepted", params.kind).inc()
         self.accepted[params.user_id] += 1
         return result
 

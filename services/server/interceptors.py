@@ -50,10 +50,14 @@ def _decoded(request: Any, method: str) -> Any:
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """DomainError -> its status code with the message; anything else -> INTERNAL
-    (logged with its traceback). Records requests by method and code."""
+    (logged with its traceback). Records requests by method and code.
+
+    grpc.aio asks the interceptor for every call; a method's wrapped handler is built
+    once and reused while the server hands out the same handler for it."""
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self._metrics = metrics
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
@@ -62,7 +66,14 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return None
-        method = details.method.rsplit("/", 1)[-1]
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, details.method.rsplit("/", 1)[-1])
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method),
@@ -82,16 +93,27 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         else:
             log.exception("%s failed", method, exc_info=exc)
             code = grpc.StatusCode.INTERNAL
-        self._metrics.requests.labels(method, code.name, API).inc()
+        self._metrics.requests_by(method, code.name, API).inc()
         await context.abort(code, str(exc) if isinstance(exc, DomainError) else "internal error")
 
-    def _done(self, method: str, start: float, context: grpc.aio.ServicerContext) -> None:
-        self._metrics.request_seconds.labels(method, API).observe(time.perf_counter() - start)
-        code = context.code() if hasattr(context, "code") else None
-        name = code.name if isinstance(code, grpc.StatusCode) else "OK"
-        self._metrics.requests.labels(method, name, API).inc()
+    def _on_done(self, method: str) -> Callable[[float, grpc.aio.ServicerContext], None]:
+        """Records a call that returned: its duration, and its code (OK unless the
+        method set one on the context)."""
+        seconds = self._metrics.request_seconds_by(method, API)
+        ok = self._metrics.requests_by(method, "OK", API)
+
+        def done(start: float, context: grpc.aio.ServicerContext) -> None:
+            seconds.observe(time.perf_counter() - start)
+            code = context.code() if hasattr(context, "code") else None
+            if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
+                self._metrics.requests_by(method, code.name, API).inc()
+            else:
+                ok.inc()
+        return done
 
     def _wrap_unary(self, behaviour: Callable[..., Awaitable[Any]], method: str) -> Callable:
+        done = self._on_done(method)
+
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
             try:
@@ -99,11 +121,13 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exc:
                 await self._fail(context, method, exc)
                 raise  # unreachable: abort raises
-            self._done(method, start, context)
+            done(start, context)
             return response
         return wrapped
 
     def _wrap_stream(self, behaviour: Callable[..., AsyncIterator[Any]], method: str) -> Callable:
+        done = self._on_done(method)
+
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             start = time.perf_counter()
             try:
@@ -112,5 +136,5 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exc:  # noqa: BLE001 - mapped to a status below
                 await self._fail(context, method, exc)
                 return
-            self._done(method, start, context)
+            done(start, context)
         return wrapped

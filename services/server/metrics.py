@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -12,6 +13,28 @@ _TOKEN = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 ADAPTER_REFUSAL_REASONS = ("unreadable", "mismatch", "wrong_base", "checksum", "rank", "targets",
                            "non_finite", "load_failed")
 """AdapterRejected reasons of store.py, and the engine refusing the weights."""
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+class Children(Generic[M]):
+    """The labelled series of one metric, looked up once per label values.
+
+    ``metric.labels(...)`` converts and checks the values and takes the metric's lock
+    on every call; hot paths (every gRPC call, every Kafka write) ask this instead.
+    The series are the metric's own (nothing here removes series), so they are
+    exported exactly as ``labels()`` would make them. Only for label values drawn
+    from small fixed sets (methods, status codes, topics, reasons), never user ids.
+    """
+
+    def __init__(self, metric: M) -> None:
+        self._metric = metric
+        self._cache: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
+        child = self._cache.get(values)
+        if child is None:  # two threads may both ask labels(): it returns one series
+            child = self._cache[values] = self._metric.labels(*values)
+        return child
 
 
 class ServerMetrics:
@@ -73,6 +96,13 @@ class ServerMetrics:
         self.produce_errors = Counter(p + "kafka_produce_errors",
                                       "Records the broker did not acknowledge, by topic.",
                                       ["topic"], registry=r)
+        self.requests_by = Children(self.requests)
+        """``requests`` by (method, code, api), cached."""
+        self.request_seconds_by = Children(self.request_seconds)
+        """``request_seconds`` by (method, api), cached."""
+        self.feedback_by = Children(self.feedback)
+        """``feedback`` by (result, reason), cached."""
+        self._produce_seconds_by = Children(self.produce_seconds)
         for topic in (generations_topic, feedback_topic):
             self.produce_errors.labels(topic)
         for reason in ADAPTER_REFUSAL_REASONS:
@@ -105,6 +135,6 @@ class ServerMetrics:
             self.engine_requests.labels(state).dec()
 
     def observe_produce(self, topic: str, seconds: float, ok: bool) -> None:
-        self.produce_seconds.labels(topic).observe(seconds)
+        self._produce_seconds_by(topic).observe(seconds)
         if not ok:
             self.produce_errors.labels(topic).inc()

@@ -48,16 +48,20 @@ class ResponseSigner:
     def __init__(self, keys: list[bytes]) -> None:
         if not keys or any(len(k) < 16 for k in keys):
             raise ValueError("response-id keys must be given and at least 16 bytes long")
-        self._keys = keys
+        # HMAC's keyed state (key padding, inner and outer hashes) is computed once per
+        # key; each id copies it
+        self._keyed = [hmac.new(k, digestmod=hashlib.sha256) for k in keys]
 
-    def _mac(self, key: bytes, payload: bytes) -> bytes:
-        return hmac.new(key, payload, hashlib.sha256).digest()[:_SIG_BYTES]
+    def _mac(self, keyed: hmac.HMAC, payload: bytes) -> bytes:
+        mac = keyed.copy()
+        mac.update(payload)
+        return mac.digest()[:_SIG_BYTES]
 
     def sign(self, ref: ResponseRef) -> str:
         payload = _SEP.join(
             [ref.user_id, ref.group_id, str(ref.candidate_index), str(ref.issued_at_ms)]
         ).encode()
-        return f"{_PREFIX}.{_b64(payload)}.{_b64(self._mac(self._keys[0], payload))}"
+        return f"{_PREFIX}.{_b64(payload)}.{_b64(self._mac(self._keyed[0], payload))}"
 
     def verify(self, response_id: str, user_id: str) -> ResponseRef:
         """The reference inside ``response_id`` if it is authentic and ``user_id``'s.
@@ -76,7 +80,7 @@ class ResponseSigner:
             payload, signature = _unb64(parts[1]), _unb64(parts[2])
         except ValueError as exc:
             raise InvalidArgument("response_id is not valid base64") from exc
-        if not any(hmac.compare_digest(self._mac(k, payload), signature) for k in self._keys):
+        if not any(hmac.compare_digest(self._mac(k, payload), signature) for k in self._keyed):
             raise InvalidArgument("response_id signature does not verify (forged or foreign)")
         fields = payload.decode("utf-8", "replace").split(_SEP)
         if len(fields) != 4:
