@@ -7,8 +7,10 @@ formality, which conflict) ranks ``--rankings`` sets of ``--candidates`` varied 
 (``bench.answers``) with Bradley-Terry label noise. The model trains as the learner
 does: for each user, a turn of the shared part (everyone's examples) then the user's
 heads; finally every user's heads are refreshed. Reported, for each ``--settings``
-entry side by side (``tuned_layers:layer_pooling``: how many top layers of the encoder
-train, 0 = frozen; and which depths the heads read, every one or only the last):
+entry side by side (``tuned_layers:layer_pooling[:l2]``: how many top layers of the
+encoder train, 0 = frozen; which depths the heads read, every one or only the last; and
+optionally how a user's head's L2 strength is set: ``fixed`` = ``user_l2``, ``cv`` =
+chosen per fit by cross-validation from ``CV_GRID``, absent = the config's default):
 
 1. held-out pairwise accuracy per user (split by prompt: held-out rankings never
    trained on) of the policy head, the judge head and the shared model alone, judged by
@@ -24,6 +26,7 @@ import argparse
 import random
 import statistics
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -77,10 +80,22 @@ def decided(pref: Preference, pairs: list[PairExample]) -> list[PairExample]:
     return out
 
 
+CV_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+"""The L2 strengths a ``cv`` setting's user heads choose from."""
+
+
+def config(setting: str) -> RewardModelConfig:
+    """The model of a ``tuned_layers:layer_pooling[:fixed|cv]`` setting."""
+    layers, pooling, *l2 = setting.split(":")
+    cfg = RewardModelConfig(tuned_layers=int(layers), layer_pooling=pooling)
+    if l2 and l2[0] not in ("fixed", "cv"):
+        raise ValueError(f"setting {setting!r}: the L2 part must be 'fixed' or 'cv'")
+    return replace(cfg, user_l2_grid=CV_GRID if l2 == ["cv"] else ()) if l2 else cfg
+
+
 def run(setting: str, data: dict[str, list[PairExample]], batch: int,
         ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    layers, pooling = setting.split(":")
-    cfg = RewardModelConfig(tuned_layers=int(layers), layer_pooling=pooling)
+    cfg = config(setting)
     rm = PersonalRewardModel(cfg)
     everyone = [p for pairs in data.values() for p in pairs]
     shared_s, user_s = [], []
@@ -97,7 +112,8 @@ def run(setting: str, data: dict[str, list[PairExample]], batch: int,
                      "heldout_pairs": len(held), "turn_accuracy": m.heldout_accuracy,
                      "personal": rm.pairwise_accuracy(user, held),
                      "judge": rm.pairwise_accuracy(user, held, part=JUDGE),
-                     "shared": rm.pairwise_accuracy(user, held, personal=False)})
+                     "shared": rm.pairwise_accuracy(user, held, personal=False),
+                     "user_l2": m.user_l2})
     rng = random.Random(1)
     start = time.perf_counter()
     rm.score(next(iter(data)), ["user: " + TOPICS[0].question] * batch,
@@ -115,7 +131,7 @@ def main() -> None:
     p.add_argument("--candidates", type=int, default=4, help="answers per ranking")
     p.add_argument("--noise", type=float, default=0.3, help="labeler Gumbel noise scale")
     p.add_argument("--settings", default="0:all,2:all,0:last",
-                   help="tuned_layers:layer_pooling settings compared side by side")
+                   help="tuned_layers:layer_pooling[:fixed|cv] settings compared side by side")
     p.add_argument("--batch", type=int, default=8, help="completions per score call")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="")

@@ -70,7 +70,19 @@ class RewardModelConfig:
     shared_max_examples_per_user: int = 128
     """Most examples of one user in that sample."""
     user_l2: float = 1e-3
-    """L2 penalty pulling a user's head toward zero, i.e. toward the shared model."""
+    """L2 penalty pulling a user's head toward zero, i.e. toward the shared model: every
+    head's when ``user_l2_grid`` is empty, else the fallback for a head with too few
+    prompts to cross-validate."""
+    user_l2_grid: tuple[float, ...] = ()
+    """L2 strengths (each > 0) a user's head chooses from at every fit, by cross-validation
+    over its own training prompts (``trainer.reward.fit.choose_l2``: ``user_cv_folds``
+    folds split by prompt, the least held-out loss wins, ties to the stronger), then
+    refitted on all of them; each head (policy, judge) chooses on its own data. Costs
+    ``user_cv_folds`` x len(grid) extra fits per head. Empty: ``user_l2`` for every head.
+    From the environment: comma-separated, e.g. "1e-4,1e-3,1e-2,1e-1,1,10"."""
+    user_cv_folds: int = 3
+    """Folds of that cross-validation (>= 2). A head whose training data has fewer prompts
+    than folds is fitted with ``user_l2``."""
     user_max_iter: int = 200
     """Most L-BFGS iterations of a user's head per ``train_user`` call (a convex fit: it
     stops earlier once converged)."""
@@ -88,6 +100,14 @@ class RewardModelConfig:
     """Torch device of the encoder and the heads ("cpu", "cuda", ...)."""
 
     def __post_init__(self) -> None:
+        # the environment's loader gives a tuple field as strings
+        object.__setattr__(self, "user_l2_grid", tuple(float(x) for x in self.user_l2_grid))
+        if not all(x > 0 for x in self.user_l2_grid):
+            raise ValueError(f"RewardModelConfig.user_l2_grid must hold values > 0, got "
+                             f"{self.user_l2_grid}")
+        if self.user_cv_folds < 2:
+            raise ValueError(f"RewardModelConfig.user_cv_folds must be >= 2, got "
+                             f"{self.user_cv_folds}")
         positive = ("max_length", "encode_batch_size", "shared_lr", "shared_steps",
                     "user_max_iter", "max_resident_users", "shared_max_examples",
                     "shared_max_examples_per_user", "shared_batch_size")
@@ -141,3 +161,7 @@ class TrainMetrics:
     heldout_accuracy_judge: float | None = None
     """Pairwise accuracy of the judge (the user's second head, trained on the other half of
     the user's data, which PPO never optimises) on the same pairs."""
+    user_l2: tuple[float | None, float | None] = (None, None)
+    """The L2 strength each of the user's heads (policy, judge) was fitted with in this
+    call: chosen by cross-validation, or ``user_l2``; None for a head not trained (and for
+    the shared part)."""

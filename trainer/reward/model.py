@@ -27,7 +27,9 @@ Training, per turn of a user:
   do not cancel out: their heads point different ways over shared features.
 - ``train_user``: the encoder frozen, the user's two heads on cached embeddings (logistic
   regression solved by L-BFGS: convex, so the fit is the same optimum whatever its
-  start; deterministic).
+  start; deterministic), each with its own L2 strength, chosen by cross-validation over
+  the prompts of its half of the user's data (``trainer.reward.fit``) when
+  ``user_l2_grid`` is set.
 
 Losses: Bradley-Terry on pairs, BCE with logits on thumbs (``trainer.reward.losses``).
 Held-out data: ``split_heldout`` keeps a hash-chosen share of each user's *prompts* (so
@@ -57,6 +59,7 @@ from trainer.reward.data import (
     split_heldout,
 )
 from trainer.reward.encoder import TextEncoder, default_backbone_dir
+from trainer.reward.fit import HeadFit, choose_l2, examples_loss, fit_head
 from trainer.reward.losses import pairwise_accuracy_from_rewards, pairwise_loss, thumbs_loss
 from trainer.reward.users import (
     JUDGE,
@@ -182,6 +185,7 @@ class PersonalRewardModel:
         held_pairs = [e for e in held if isinstance(e, PairExample)]
         encode_s = self._warm(items, pooled=True)
         epochs, steps, losses = 0, 0, []
+        l2s: list[float | None] = [None, None]  # the strength each part was fitted with
         # 2. each head on its fold: shared reward + residual, L2 toward the shared model
         for part in (POLICY, JUDGE):
             fold = [e for e in items if fold_of(e, cfg.seed) == part]
@@ -190,9 +194,9 @@ class PersonalRewardModel:
                             user_id, len(fold), part, cfg.user_min_examples)
                 continue
             head = self.users.get_or_create(user_id)
-            s, loss = self._fit_head(head, part, fold)
-            epochs, steps = 1, steps + s
-            losses.append(loss)
+            fit, l2s[part] = self._fit_head(head, part, fold)
+            epochs, steps = 1, steps + fit.iterations
+            losses.append(fit.loss)
             head.n_examples[part] = len(fold)
         # 3. evaluate the policy head, the judge and the shared model on held-out pairs
         metrics = TrainMetrics(
@@ -203,43 +207,30 @@ class PersonalRewardModel:
             heldout_accuracy_shared=self._accuracy(None, POLICY, held_pairs),
             heldout_accuracy_judge=self._accuracy(self._head(user_id, JUDGE), JUDGE,
                                                   held_pairs),
-            personal=self.uses_personal(user_id), encode_seconds=encode_s,
-            seconds=time.perf_counter() - start)
+            personal=self.uses_personal(user_id), user_l2=(l2s[POLICY], l2s[JUDGE]),
+            encode_seconds=encode_s, seconds=time.perf_counter() - start)
         logger.info("trained reward heads of user %s: %s", user_id, metrics)
         return metrics
 
-    def _fit_head(self, head: UserHead, part: int, items: list[Example]) -> tuple[int, float]:
-        """One head's logistic regression on cached embeddings (encoder and shared head
-        fixed), solved by L-BFGS from its present weights: the objective is convex, so
-        the fit converges to the same optimum however it starts and in whatever order the
-        examples came; (iterations, final loss)."""
+    def _fit_head(self, head: UserHead, part: int, items: list[Example]
+                  ) -> tuple[HeadFit, float]:
+        """One head part's logistic regression on cached embeddings (encoder and shared head
+        fixed), warm-started from its present weights (``trainer.reward.fit``): with an
+        L2 strength chosen by cross-validation over the user's prompts from
+        ``user_l2_grid``, else (no grid, or too few prompts) ``user_l2``; (fit, strength)."""
         cfg = self.config
         with torch.no_grad():
             e = self.head_inputs(*_texts(items))  # (2P + M, F)
             shared = self.shared_head(e).squeeze(-1)  # (2P + M,)
-        w = head.weight[part].detach().clone().requires_grad_(True)  # (F,)
-        b = head.bias[part].detach().clone().requires_grad_(True)  # ()
-        optimizer = torch.optim.LBFGS([w, b], lr=1.0, max_iter=cfg.user_max_iter,
-                                      history_size=20, line_search_fn="strong_wolfe",
-                                      tolerance_grad=1e-6, tolerance_change=1e-9)
-
-        def penalised() -> Tensor:  # the user's loss + the L2 pull toward the shared model
-            return self._examples_loss(shared + e @ w + b, items) \
-                + cfg.user_l2 * (w.pow(2).sum() + b.pow(2))
-
-        def objective() -> Tensor:
-            optimizer.zero_grad(set_to_none=True)
-            loss = penalised()
-            loss.backward()
-            return loss
-
-        optimizer.step(objective)  # type: ignore[arg-type]
+        choice = choose_l2(e, shared, items, cfg.user_l2_grid, cfg.user_cv_folds, cfg.seed,
+                           cfg.user_max_iter) if cfg.user_l2_grid else None
+        l2 = cfg.user_l2 if choice is None else choice.l2
+        fit = fit_head(e, shared, items, l2, head.weight[part], head.bias[part],
+                       cfg.user_max_iter)
         with torch.no_grad():  # only this part's row moves: the other head keeps its weights
-            head.weight[part] = w
-            head.bias[part] = b
-            final = penalised()
-        iterations = int(optimizer.state[w].get("n_iter", 0))
-        return iterations, final.item()
+            head.weight[part] = fit.weight
+            head.bias[part] = fit.bias
+        return fit, l2
 
     def _heads_of(self, example: Example) -> tuple[UserHead, int] | None:
         """The head (and part) an example of the shared sample is scored with."""
@@ -256,24 +247,7 @@ class PersonalRewardModel:
         owners = [*pairs, *pairs, *[x for x in batch if isinstance(x, ThumbExample)]]
         residual = torch.stack([_residual(heads(o), row) for o, row in zip(owners, e,
                                                                            strict=True)])
-        return self._examples_loss(self.shared_head(e).squeeze(-1) + residual, batch)
-
-    @staticmethod
-    def _examples_loss(r: Tensor, items: Sequence[Example]) -> Tensor:
-        """Example-weighted mean of the Bradley-Terry loss (pairs) and BCE (thumbs), from
-        the rewards r (2P + M,) of the texts in ``_texts(items)`` order."""
-        pairs = [x for x in items if isinstance(x, PairExample)]
-        thumbs = [x for x in items if isinstance(x, ThumbExample)]
-        n_p = len(pairs)
-        loss = r.new_zeros(())
-        if pairs:
-            weight = r.new_tensor([p.weight for p in pairs])  # (P,)
-            loss = loss + n_p * pairwise_loss(r[:n_p], r[n_p:2 * n_p], weight)
-        if thumbs:
-            label = r.new_tensor([t.label for t in thumbs])  # (M,)
-            weight = r.new_tensor([t.weight for t in thumbs])  # (M,)
-            loss = loss + len(thumbs) * thumbs_loss(r[2 * n_p:], label, weight)
-        return loss / len(items)
+        return examples_loss(self.shared_head(e).squeeze(-1) + residual, batch)
 
     def _warm(self, items: Sequence[Example], pooled: bool) -> float:
         """Fill the caches for ``items`` in large batches, once; seconds it took. The heads
