@@ -12,10 +12,11 @@ another burst; after a new version is served, the next burst measures the warm
 trainer, until ``--publishes`` versions, ``--rounds`` bursts or ``--max-seconds``.
 
 With ``--open-gate`` (private stack only) the publish gate accepts any candidate
-within the KL bound (the judge's verdict and the degenerate-output check are off), so the run measures the pipeline's latency rather than
-whether one turn of learning happened to beat the served adapter (the learning
-itself is bench.learning's subject). The trainer of a private stack loads its
-models on the first turn; that is part of the first round.
+within the KL bound (the judge's verdict and the degenerate-output check are off), so
+the run measures the pipeline's latency rather than whether one turn of learning
+happened to beat the served adapter (the learning itself is bench.learning's subject).
+The trainer of a private stack loads its models on the first turn; that is part of the
+first round.
 """
 
 from __future__ import annotations
