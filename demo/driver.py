@@ -17,7 +17,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +58,45 @@ class DriveConfig:
     for it, as a person would wait to see an effect; keeps the CPU for training on a
     small host."""
     seed: int = 0
+
+
+class TrafficGate:
+    """The users' requests run together; a probe runs alone. vLLM's CPU numerics depend on
+    how an engine step's batch is composed (how prompts are split across steps, the
+    shapes of its matrix products), so the same seeded request can differ by a token when
+    other requests share its steps. A byte-identity probe therefore waits for the users'
+    requests in flight to finish and holds new ones back: what it compares is then the
+    effect of other users' adapters alone."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._in_flight = 0
+        self._alone = False
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._alone)
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._in_flight -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._alone)
+            self._alone = True
+            self._cond.wait_for(lambda: self._in_flight == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._alone = False
+                self._cond.notify_all()
 
 
 @dataclass
@@ -133,6 +172,7 @@ class Simulation:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._base: dict[tuple[str, int], str] = {}
+        self._traffic = TrafficGate()
         self.started = time.monotonic()
         self.thresholds: dict[str, float] = {}
 
@@ -182,8 +222,10 @@ class Simulation:
         user, cfg = state.user, self._cfg
         thumbs = rng.random() < cfg.thumbs_fraction
         n = 1 if thumbs else rng.choice((2, 3, 4))
-        answers = self._client.complete(user.user_id, prompt, num_candidates=n,
-                                        max_tokens=cfg.max_tokens, temperature=cfg.temperature)
+        with self._traffic.request():
+            answers = self._client.complete(user.user_id, prompt, num_candidates=n,
+                                            max_tokens=cfg.max_tokens,
+                                            temperature=cfg.temperature)
         for labeler in user.labelers:
             if thumbs:
                 up = labeler.thumbs_up(prompt, answers[0].text, self.thresholds[user.user_id],
@@ -270,10 +312,11 @@ class Simulation:
     def probe(self, user_id: str) -> Probe:
         """The user's answers to the first held-out prompt with a fixed seed."""
         cfg = self._cfg
-        cands = self._client.complete(user_id, eval_prompts()[0],
-                                      num_candidates=cfg.probe_samples,
-                                      max_tokens=cfg.max_tokens, temperature=cfg.eval_temperature,
-                                      seed=cfg.probe_seed)
+        with self._traffic.alone():  # batch-composition effects are not leakage
+            cands = self._client.complete(user_id, eval_prompts()[0],
+                                          num_candidates=cfg.probe_samples,
+                                          max_tokens=cfg.max_tokens,
+                                          temperature=cfg.eval_temperature, seed=cfg.probe_seed)
         return Probe(",".join(sorted({c.adapter_version for c in cands})),
                      tuple(c.text for c in cands))
 
