@@ -37,7 +37,9 @@ class SteppingLearner(FakeLearner):
     def turn(self, user_id: str, ex: UserExamples,
              should_stop: Callable[[], bool] = lambda: False,
              refit_reward: bool = True, known_erasure: float = 0.0) -> TurnResult:
-        super().turn(user_id, ex, should_stop, refit_reward, known_erasure)
+        if (stopped := super().turn(user_id, ex, should_stop, refit_reward,
+                                    known_erasure)).interrupted:
+            return stopped
         if user_id in self.thin:
             return TurnResult(user_id, "waiting: too little preference data")
         before = self.total.get(user_id, 0)
@@ -161,6 +163,39 @@ def test_feedback_arriving_during_a_turn_without_it_stays_new(
     assert service.journal.pending_users({0}) == {"alice": (1, pytest.approx(0.0, abs=5))}
     assert service.step() and learner.refits[-1], "trained on at the next turn"
     assert service.journal.pending_users({0}) == {}
+
+
+def test_a_turn_without_new_feedback_gives_way_to_a_due_user(service: TrainerService) -> None:
+    """A due user does not wait for another user's turn without new feedback: that turn
+    stops between PPO iterations (its steps are kept), the due user goes next, and the
+    stopped user continues after. A turn on new feedback is not stopped."""
+    learner = learner_of(service)
+    feedback(service, "alice", 0, n=2)
+    assert service.step() and learner.turns == ["alice"]
+    seen: list[tuple[bool, bool]] = []
+
+    def bob_becomes_due(user: str, should_stop: Callable[[], bool]) -> bool:
+        if user != "alice":
+            return False
+        before = should_stop()
+        feedback(service, "bob", 1, n=2)
+        seen.append((before, should_stop()))
+        return should_stop()
+
+    learner.during = bob_becomes_due
+    assert service.step() and learner.turns[-1] == "alice" and not learner.refits[-1]
+    assert seen == [(False, True)], "alice's turn gives way once bob is due"
+    assert service.metrics.turns_interrupted._value.get() == 1
+    learner.during = lambda user, stop: False
+    assert service.step() and learner.turns[-1] == "bob" and learner.refits[-1]
+    assert service.step() and learner.turns[-1] == "alice", "alice continues after"
+
+    # alice with new (not yet due) feedback: her turn is not stopped for a due bob
+    feedback(service, "alice", 0, n=1)
+    learner.during = bob_becomes_due
+    assert service.step() and learner.turns[-1] == "alice" and learner.refits[-1]
+    assert seen[-1] == (False, False)
+    assert service.metrics.turns_interrupted._value.get() == 1
 
 
 def test_switched_off_only_new_feedback_trains(tmp_path: Path) -> None:

@@ -55,6 +55,17 @@ def training_state(ppo_stop: str, cfg: ScheduleConfig) -> TrainingState:
     return "waiting for data"
 
 
+def due_users(pending: Mapping[str, tuple[int, float]], cfg: ScheduleConfig,
+              quarantined: Mapping[str, Quarantine] | None = None,
+              now: float = 0.0) -> list[str]:
+    """The users due for a turn (``pick_next``'s rule 1): ``min_new_feedback`` new events,
+    or any once the oldest is ``max_wait_s`` old; quarantined users until their ``until``."""
+    held = quarantined or {}
+    return [u for u, (n, age) in pending.items()
+            if (n >= cfg.min_new_feedback or (n > 0 and age >= cfg.max_wait_s))
+            and (u not in held or now >= held[u].until)]
+
+
 def pick_next(pending: Mapping[str, tuple[int, float]], last_trained: Mapping[str, float],
               cfg: ScheduleConfig, quarantined: Mapping[str, Quarantine] | None = None,
               now: float = 0.0, states: Mapping[str, TrainingState] | None = None
@@ -83,8 +94,7 @@ def pick_next(pending: Mapping[str, tuple[int, float]], last_trained: Mapping[st
     def last(u: str) -> float:
         return last_trained.get(u, float("-inf"))
 
-    due = [u for u, (n, age) in pending.items()
-           if (n >= cfg.min_new_feedback or (n > 0 and age >= cfg.max_wait_s)) and free(u)]
+    due = due_users(pending, cfg, held, now)
     if due:
         return min(due, key=lambda u: (last(u), -pending[u][0], u))
     if not cfg.continue_without_feedback or not states:

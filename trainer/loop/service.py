@@ -43,6 +43,7 @@ from trainer.loop.schedule import (
     Quarantine,
     TrainingState,
     after_failure,
+    due_users,
     pick_next,
     training_state,
 )
@@ -172,6 +173,15 @@ class TrainerService:
         for kept in (self._last_trained, self._quarantine, self._states, self._reviewed):
             kept.pop(user, None)
 
+    def _someone_due(self) -> bool:
+        """Whether a user's new feedback made it due (and no operator holds it): a turn
+        without new feedback then gives way between two PPO iterations. Nothing is lost:
+        the iterations it took stay in the user's weights, and its next turn goes on
+        from them."""
+        pending = self.journal.pending_users(self.ingest.assigned)
+        due = due_users(pending, self.cfg.schedule, self._quarantine, time.monotonic())
+        return any(not self.store.read_control(u).held for u in due)
+
     def _turn(self, user: str, oldest_new: float | None) -> None:
         """The user's turn; stopped between PPO iterations (and before publishing) on
         shutdown or when the user's partition is no longer this process's.
@@ -186,10 +196,10 @@ class TrainerService:
         online = self.online.review(user, joined)  # may roll the served version back
         ex = build_examples(user, joined, self.cfg.preferences,
                             self.cfg.reward.heldout_fraction, self.cfg.reward.seed)
-        result = self.learner.turn(user, ex, lambda: (self.stop_event.is_set()
-                                                      or not self.ingest.owns(partition)),
-                                   refit_reward=oldest_new is not None,
-                                   known_erasure=known_erasure)
+        result = self.learner.turn(user, ex, lambda: (
+            self.stop_event.is_set() or not self.ingest.owns(partition)
+            or (oldest_new is None and self._someone_due())),
+            refit_reward=oldest_new is not None, known_erasure=known_erasure)
         if result.interrupted:
             self.metrics.turns_interrupted.inc()
             log.info("user %s: %s%s; turn dropped", user, result.decision,
