@@ -84,6 +84,9 @@ class PolicyPool:
             raise ValueError(f"max_resident_users must be >= 1, got {max_resident_users}")
         model.requires_grad_(False)
         model.eval()
+        head = model.get_output_embeddings()
+        if head is not None:
+            head.register_forward_pre_hook(_contiguous_input)
         if tokenizer.pad_token is None:  # batches are padded (masked), any token will do
             tokenizer.pad_token = tokenizer.eos_token
         self._base = model
@@ -245,6 +248,16 @@ class PolicyPool:
     def _evict_over_capacity(self) -> None:
         while len(self._resident) > self.max_resident_users:
             self.evict(next(iter(self._resident)))
+
+
+def _contiguous_input(_module: nn.Module, args: tuple[torch.Tensor, ...]
+                      ) -> tuple[torch.Tensor, ...]:
+    """The output head's input made contiguous. The model slices the positions it needs
+    logits for (``logits_to_keep``; the last one in generation); with that strided input
+    and a frozen weight torch's matmul takes its batched path, which copies the whole
+    vocabulary matrix once per sequence: a bf16 SmolLM2 forward took twice as long, and
+    every generated token paid it too."""
+    return (args[0].contiguous(), *args[1:])
 
 
 def base_dtype(name: str, device: torch.device) -> torch.dtype:
