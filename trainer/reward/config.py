@@ -76,7 +76,7 @@ class RewardModelConfig:
     user_l2_grid: tuple[float, ...] = ()
     """L2 strengths (each > 0) a user's head chooses from at every fit, by cross-validation
     over its own training prompts (``trainer.reward.fit.choose_l2``: ``user_cv_folds``
-    folds split by prompt, the least held-out loss wins, ties to the stronger), then
+    folds split by prompt, the best held-out pairwise accuracy wins, ties to the stronger), then
     refitted on all of them; each head (policy, judge) chooses on its own data. Costs
     ``user_cv_folds`` x len(grid) extra fits per head. Empty: ``user_l2`` for every head.
     From the environment: comma-separated, e.g. "1e-4,1e-3,1e-2,1e-1,1,10". Empty by
