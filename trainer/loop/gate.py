@@ -117,19 +117,25 @@ def measure(ppo: PPOTrainer, user_id: str, prompts: Sequence[ChatMessages], judg
     pool = ppo.pool
     pool.activate(user_id)
     batch = [p for p in prompts for _ in range(gate.eval_samples)]
-    kl = math.nan
-    if reuse is None:
+    if reuse is None:  # sampled now: collect scores it with the judge
         exp = collect(pool.model, pool.tokenizer, ppo.generation, batch, judge, GATE_SEED,
                       ppo.config.temperature, evaluate=with_kl)
         reuse = GateSample(exp.rollout.prompts, exp.rollout.completions, exp.ended.tolist())
-        kl = exp.kl
+        judged, kl = exp.score, exp.kl
+    else:
+        with torch.no_grad():
+            judged = mean_score(judge, reuse)
+        kl = math.nan
     with torch.no_grad():
-        judge_score = torch.as_tensor(judge(reuse.prompts, reuse.completions))
-        policy_score = torch.as_tensor(optimised(reuse.prompts, reuse.completions))
+        optimised_score = mean_score(optimised, reuse)
     health = output_health(reuse.completions, reuse.ended, gate.repetition_ngram,
                            gate.max_repeated_ngram_share)
-    return AdapterSample(judge_score.float().mean().item(), policy_score.float().mean().item(),
-                         kl, health), reuse
+    return AdapterSample(judged, optimised_score, kl, health), reuse
+
+
+def mean_score(score: RewardFn, sample: GateSample) -> float:
+    """The mean of ``score`` over a sample's completions."""
+    return torch.as_tensor(score(sample.prompts, sample.completions)).float().mean().item()
 
 
 def compare(ppo: PPOTrainer, user_id: str, prompts: Sequence[ChatMessages], judge: RewardFn,
