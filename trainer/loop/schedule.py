@@ -55,6 +55,11 @@ def training_state(ppo_stop: str, cfg: ScheduleConfig) -> TrainingState:
     return "waiting for data"
 
 
+def free(user: str, quarantined: Mapping[str, Quarantine], now: float) -> bool:
+    """Whether ``user`` may train at ``now``: not quarantined, or its ``until`` passed."""
+    return user not in quarantined or now >= quarantined[user].until
+
+
 def due_users(pending: Mapping[str, tuple[int, float]], cfg: ScheduleConfig,
               quarantined: Mapping[str, Quarantine] | None = None,
               now: float = 0.0) -> list[str]:
@@ -63,7 +68,7 @@ def due_users(pending: Mapping[str, tuple[int, float]], cfg: ScheduleConfig,
     held = quarantined or {}
     return [u for u, (n, age) in pending.items()
             if (n >= cfg.min_new_feedback or (n > 0 and age >= cfg.max_wait_s))
-            and (u not in held or now >= held[u].until)]
+            and free(u, held, now)]
 
 
 def pick_next(pending: Mapping[str, tuple[int, float]], last_trained: Mapping[str, float],
@@ -88,9 +93,6 @@ def pick_next(pending: Mapping[str, tuple[int, float]], last_trained: Mapping[st
     """
     held = quarantined or {}
 
-    def free(u: str) -> bool:
-        return u not in held or now >= held[u].until
-
     def last(u: str) -> float:
         return last_trained.get(u, float("-inf"))
 
@@ -100,7 +102,8 @@ def pick_next(pending: Mapping[str, tuple[int, float]], last_trained: Mapping[st
     if not cfg.continue_without_feedback or not states:
         return None
     going = [u for u, state in states.items()
-             if state == "training" and free(u) and now - last(u) >= cfg.continue_min_interval_s]
+             if state == "training" and free(u, held, now)
+             and now - last(u) >= cfg.continue_min_interval_s]
     if not going:
         return None
     return min(going, key=lambda u: (pending.get(u, (0, 0.0))[0] == 0, last(u), u))
