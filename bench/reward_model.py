@@ -7,10 +7,11 @@ formality, which conflict) ranks ``--rankings`` sets of ``--candidates`` varied 
 (``bench.answers``) with Bradley-Terry label noise. The model trains as the learner
 does: for each user, a turn of the shared part (everyone's examples) then the user's
 heads; finally every user's heads are refreshed. Reported, for each ``--settings``
-entry side by side (``tuned_layers:layer_pooling[:l2]``: how many top layers of the
-encoder train, 0 = frozen; which depths the heads read, every one or only the last; and
-optionally how a user's head's L2 strength is set: ``fixed`` = ``user_l2``, ``cv`` =
-chosen per fit by cross-validation from ``CV_GRID``, absent = the config's default):
+entry side by side (``tuned_layers:layer_pooling[:option...]``: how many top layers of
+the encoder train, 0 = frozen; which depths the heads read, every one or only the last;
+and optionally how a user's head's L2 strength is set: ``fixed`` = ``user_l2``, ``cv`` =
+chosen per fit by cross-validation from ``CV_GRID``; and what the policy head trains on:
+``policy-all`` or ``policy-half``; absent options keep the config's defaults):
 
 1. held-out pairwise accuracy per user (split by prompt: held-out rankings never
    trained on) of the policy head, the judge head and the shared model alone, judged by
@@ -85,12 +86,20 @@ CV_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
 def config(setting: str) -> RewardModelConfig:
-    """The model of a ``tuned_layers:layer_pooling[:fixed|cv]`` setting."""
-    layers, pooling, *l2 = setting.split(":")
+    """The model of a ``tuned_layers:layer_pooling[:option...]`` setting; options: ``fixed``
+    or ``cv`` (how a user head's L2 strength is set), ``policy-all`` or ``policy-half``
+    (what the policy head trains on); absent ones keep the config's default."""
+    layers, pooling, *options = setting.split(":")
     cfg = RewardModelConfig(tuned_layers=int(layers), layer_pooling=pooling)
-    if l2 and l2[0] not in ("fixed", "cv"):
-        raise ValueError(f"setting {setting!r}: the L2 part must be 'fixed' or 'cv'")
-    return replace(cfg, user_l2_grid=CV_GRID if l2 == ["cv"] else ()) if l2 else cfg
+    for option in options:
+        if option in ("fixed", "cv"):
+            cfg = replace(cfg, user_l2_grid=CV_GRID if option == "cv" else ())
+        elif option in ("policy-all", "policy-half"):
+            cfg = replace(cfg, policy_head_data=option.removeprefix("policy-"))
+        else:
+            raise ValueError(f"setting {setting!r}: unknown option {option!r} (fixed, cv, "
+                             "policy-all, policy-half)")
+    return cfg
 
 
 def run(setting: str, data: dict[str, list[PairExample]], batch: int,
@@ -130,8 +139,10 @@ def main() -> None:
     p.add_argument("--rankings", type=int, default=40, help="rankings per user")
     p.add_argument("--candidates", type=int, default=4, help="answers per ranking")
     p.add_argument("--noise", type=float, default=0.3, help="labeler Gumbel noise scale")
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="offset of the users' ranking seeds (another draw of the same users)")
     p.add_argument("--settings", default="0:all,2:all,0:last",
-                   help="tuned_layers:layer_pooling[:fixed|cv] settings compared side by side")
+                   help="tuned_layers:layer_pooling[:option...] settings compared side by side")
     p.add_argument("--batch", type=int, default=8, help="completions per score call")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="")
@@ -139,7 +150,8 @@ def main() -> None:
     settle()
     torch.set_num_threads(args.threads)
     prefs = users()
-    data = {u: rankings(u, pref, args.rankings, args.candidates, args.noise, seed=i)
+    data = {u: rankings(u, pref, args.rankings, args.candidates, args.noise,
+                        seed=args.data_seed + i)
             for i, (u, pref) in enumerate(prefs.items())}
     results: dict[str, Any] = {}
     for setting in args.settings.split(","):

@@ -4,7 +4,7 @@ Two synthetic users rate the same (prompt, formal answer, casual answer) triples
 opposite preferences about manner, not length: "formal" prefers the formal register,
 "casual" the casual one (same facts, about as many words). The shared model, trained on
 both, cannot please both; each personal head must, and so must each user's judge head,
-trained on the other half of the user's prompts.
+trained on one half of the user's training prompts.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -238,17 +238,28 @@ def test_the_shared_model_alone_cannot_please_both_users(trained: Trained) -> No
     assert sum(shared) / 2 <= 0.6, shared
 
 
-def test_policy_and_judge_heads_learn_from_disjoint_halves(trained: Trained) -> None:
+def test_the_policy_head_trains_on_every_training_prompt_and_the_judge_on_one_half(
+        trained: Trained) -> None:
     state = trained.model.users.state_dict("formal")
     policy, judge = state["weight"]
     assert policy.norm() > 0.1 and judge.norm() > 0.1 and not torch.equal(policy, judge)
-    pairs, _ = trained.data["formal"]
-    train, _ = split_heldout(pairs, CONFIG.heldout_fraction, CONFIG.seed)
-    n = [sum(fold_of(p, CONFIG.seed) == part for p in train) for part in (POLICY, JUDGE)]
-    thumbs = split_heldout(trained.data["formal"][1], CONFIG.heldout_fraction, CONFIG.seed)[0]
-    n = [n[part] + sum(fold_of(t, CONFIG.seed) == part for t in thumbs)
-         for part in (POLICY, JUDGE)]
-    assert state["n_examples"].tolist() == n
+    pairs, thumbs = trained.data["formal"]
+    train = split_heldout([*pairs, *thumbs], CONFIG.heldout_fraction, CONFIG.seed)[0]
+    judged = sum(fold_of(e, CONFIG.seed) == JUDGE for e in train)
+    assert 0 < judged < len(train)
+    assert state["n_examples"].tolist() == [len(train), judged]
+
+
+def test_a_half_policy_head_shares_no_prompt_with_the_judge(trained: Trained) -> None:
+    model = PersonalRewardModel(replace(CONFIG, policy_head_data="half"), trained.model.encoder)
+    pairs, thumbs = trained.data["formal"]
+    model.train_user("formal", pairs, thumbs)
+    train = split_heldout([*pairs, *thumbs], CONFIG.heldout_fraction, CONFIG.seed)[0]
+    n = [sum(fold_of(e, CONFIG.seed) == part for e in train) for part in (POLICY, JUDGE)]
+    assert model.users.state_dict("formal")["n_examples"].tolist() == n
+    assert n[POLICY] + n[JUDGE] == len(train) and min(n) > 0
+    with pytest.raises(ValueError, match="policy_head_data"):
+        replace(CONFIG, policy_head_data="both")
 
 
 def test_training_a_user_moves_only_that_users_heads(trained: Trained) -> None:

@@ -2,7 +2,7 @@
 one seed, through the same rollout-and-score step as PPO, and the verdict.
 
 The gate trusts the user's judge (``PersonalRewardModel.judge``: a second reward head
-trained on the other half of the user's prompts, which PPO never optimised), not the
+trained on one half of the user's training prompts, which PPO never optimised), not the
 reward PPO just optimised; both scores are reported. It also refuses a candidate whose
 outputs degenerate (empty, cut at the token limit, repetitive) beyond the configured
 shares and beyond the served adapter's by more than a margin (the samples are few), and

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-__all__ = ["LAYER_POOLINGS", "POOLINGS", "RewardModelConfig", "TrainMetrics"]
+__all__ = ["LAYER_POOLINGS", "POLICY_HEAD_DATA", "POOLINGS", "RewardModelConfig", "TrainMetrics"]
 
 logger = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "cls")
 """Ways to pool token states into one embedding: mean over real tokens, or the first token."""
 LAYER_POOLINGS = ("all", "last")
+POLICY_HEAD_DATA = ("all", "half")
+"""What a user's policy head trains on: all of the user's training prompts, or one half."""
 """Which depths of the encoder are pooled into the heads' input: every one (the word-piece
 embeddings and each layer's output, concatenated) or only the last layer."""
 
@@ -91,8 +93,16 @@ class RewardModelConfig:
     """Most L-BFGS iterations of a user's head per ``train_user`` call (a convex fit: it
     stops earlier once converged)."""
     user_min_examples: int = 6
-    """Training examples a user's head needs (per head: the policy and the judge head each
-    train on their own half) before it is used instead of the shared reward."""
+    """Training examples a user's head needs (per head: each counts the examples it trains
+    on) before it is used instead of the shared reward."""
+    policy_head_data: str = "all"
+    """What a user's policy head (the reward PPO optimises) trains on: "all" of the user's
+    training prompts, or "half": fold 0 only. The judge head trains on fold 1 either way
+    (``trainer.reward.data.fold_of``), so it is a second model PPO never optimises, fitted
+    on a subset that excludes the gate's held-out prompts. "all" by default: at 40
+    rankings per user it raised the policy heads' mean held-out accuracy by 3-5 points in
+    each of four data seeds (bench.reward_model, docs/benchmarks.md); "half" keeps the two
+    heads' data disjoint, so their errors are independent, at that cost in accuracy."""
     max_resident_users: int = 10_000
     """User heads kept in memory; the least recently used is evicted beyond it."""
     heldout_fraction: float = 0.2
@@ -126,6 +136,9 @@ class RewardModelConfig:
             raise ValueError(f"RewardModelConfig.pooling must be one of {POOLINGS}")
         if self.layer_pooling not in LAYER_POOLINGS:
             raise ValueError(f"RewardModelConfig.layer_pooling must be one of {LAYER_POOLINGS}")
+        if self.policy_head_data not in POLICY_HEAD_DATA:
+            raise ValueError(f"RewardModelConfig.policy_head_data must be one of "
+                             f"{POLICY_HEAD_DATA}, got {self.policy_head_data!r}")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ValueError("RewardModelConfig.heldout_fraction must be in [0, 1)")
         if 0 < self.state_cache_size < 2 * self.shared_batch_size:
@@ -163,8 +176,8 @@ class TrainMetrics:
     seconds: float
     """Wall time of the call, encoding included."""
     heldout_accuracy_judge: float | None = None
-    """Pairwise accuracy of the judge (the user's second head, trained on the other half of
-    the user's data, which PPO never optimises) on the same pairs."""
+    """Pairwise accuracy of the judge (the user's second head, trained on one half of the
+    user's training prompts, which PPO never optimises) on the same pairs."""
     user_l2: tuple[float | None, float | None] = (None, None)
     """The L2 strength each of the user's heads (policy, judge) was fitted with in this
     call: chosen by cross-validation, or ``user_l2``; None for a head not trained (and for

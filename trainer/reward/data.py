@@ -96,6 +96,7 @@ def is_heldout_prompt(user_id: str, prompt: str, fraction: float, seed: int) -> 
 
 
 def fold_of(example: Example, seed: int) -> int:
-    """0 or 1: which half of the user's training prompts the example belongs to. The
-    policy head trains on fold 0, the judge head on fold 1 (disjoint by prompt)."""
+    """0 or 1: which half of the user's training prompts the example belongs to (by
+    prompt). The judge head trains on fold 1; the policy head on both folds, or on fold 0
+    only (``RewardModelConfig.policy_head_data``)."""
     return stable_hash(str(seed), "fold", example.user_id, example.prompt) & 1

@@ -13,9 +13,10 @@ small heads per user.
 2. Shared head: ``nn.Linear(H, 1)``, the positive-class logit of a "preferred" classifier.
 3. Per-user heads (``UserHead``): two residuals of F + 1 floats, zero-initialised (a new
    user scores exactly like the shared model), L2-pulled toward zero (a Gaussian prior
-   centred on the shared model). The policy head trains on one half of the user's
-   training prompts, the judge head on the other half (``fold_of``): the judge is a
-   second reward model on a disjoint split, which PPO never optimised.
+   centred on the shared model). The policy head trains on all of the user's training
+   prompts (``policy_head_data`` "all"; "half": fold 0 only), the judge head on fold 1
+   (``fold_of``, by prompt): the judge is a second reward model, fitted on a subset
+   without the gate's held-out prompts, which PPO never optimised.
 4. Fallback: a head is used only once it trained on ``user_min_examples`` examples;
    before, the user gets exactly the shared reward.
 
@@ -28,7 +29,7 @@ Training, per turn of a user:
 - ``train_user``: the encoder frozen, the user's two heads on cached embeddings (logistic
   regression solved by L-BFGS: convex, so the fit is the same optimum whatever its
   start; deterministic), each with its own L2 strength, chosen by cross-validation over
-  the prompts of its half of the user's data (``trainer.reward.fit``) when
+  the prompts of its share of the user's data (``trainer.reward.fit``) when
   ``user_l2_grid`` is set.
 
 Losses: Bradley-Terry on pairs, BCE with logits on thumbs (``trainer.reward.losses``).
@@ -113,8 +114,8 @@ class PersonalRewardModel:
         return self._score(self._head(user_id), POLICY, prompts, completions)
 
     def judge(self, user_id: str, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
-        """Rewards (B,) for ``user_id`` by the judge head (trained on the other half of the
-        user's data; PPO never optimises it), else exactly the shared reward."""
+        """Rewards (B,) for ``user_id`` by the judge head (trained on fold 1 of the user's
+        training prompts; PPO never optimises it), else exactly the shared reward."""
         return self._score(self._head(user_id, JUDGE), JUDGE, prompts, completions)
 
     def uses_personal(self, user_id: str, part: int = POLICY) -> bool:
@@ -175,20 +176,21 @@ class PersonalRewardModel:
     def train_user(self, user_id: str, pairs: Sequence[PairExample],
                    thumbs: Sequence[ThumbExample] = ()) -> TrainMetrics:
         """Train ``user_id``'s two heads on the user's current data set (not a delta), warm-
-        starting from their present weights: the policy head on fold 0 of the training
-        prompts, the judge head on fold 1. A head with fewer than ``user_min_examples``
-        examples is not trained, and its user keeps the shared reward for that part."""
+        starting from their present weights: the policy head on all the training prompts
+        (fold 0 only with ``policy_head_data`` "half"), the judge head on fold 1. A head
+        with fewer than ``user_min_examples`` examples is not trained, and its user keeps
+        the shared reward for that part."""
         cfg, start = self.config, time.perf_counter()
         _check_owner(user_id, [*pairs, *thumbs])
-        # 1. held-out split by prompt, then the two disjoint folds of the rest
+        # 1. held-out split by prompt, then each head's share of the rest
         items, held = split_heldout([*pairs, *thumbs], cfg.heldout_fraction, cfg.seed)
         held_pairs = [e for e in held if isinstance(e, PairExample)]
         encode_s = self._warm(items, pooled=True)
         epochs, steps, losses = 0, 0, []
         l2s: list[float | None] = [None, None]  # the strength each part was fitted with
-        # 2. each head on its fold: shared reward + residual, L2 toward the shared model
+        # 2. each head on its share: shared reward + residual, L2 toward the shared model
         for part in (POLICY, JUDGE):
-            fold = [e for e in items if fold_of(e, cfg.seed) == part]
+            fold = self._share(items, part)
             if len(fold) < cfg.user_min_examples:
                 logger.info("user %s has %s examples for head %s (< %s): shared reward",
                             user_id, len(fold), part, cfg.user_min_examples)
@@ -212,6 +214,13 @@ class PersonalRewardModel:
         logger.info("trained reward heads of user %s: %s", user_id, metrics)
         return metrics
 
+    def _share(self, items: Sequence[Example], part: int) -> list[Example]:
+        """The training examples head ``part`` fits: the judge's fold 1; the policy head's
+        every example ("all") or fold 0 ("half")."""
+        if part == POLICY and self.config.policy_head_data == "all":
+            return list(items)
+        return [e for e in items if fold_of(e, self.config.seed) == part]
+
     def _fit_head(self, head: UserHead, part: int, items: list[Example]
                   ) -> tuple[HeadFit, float]:
         """One head part's logistic regression on cached embeddings (encoder and shared head
@@ -233,7 +242,8 @@ class PersonalRewardModel:
         return fit, l2
 
     def _heads_of(self, example: Example) -> tuple[UserHead, int] | None:
-        """The head (and part) an example of the shared sample is scored with."""
+        """The head (and part) an example of the shared sample is scored with: its fold's,
+        which trained on it."""
         part = fold_of(example, self.config.seed)
         head = self._head(example.user_id, part)
         return None if head is None else (head, part)
