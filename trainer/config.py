@@ -63,6 +63,12 @@ class PublishConfig:
     """Largest mean per-sequence KL to the base model a published adapter may have: a
     safety cap (the judge is what refuses a reward-hacked candidate); 30 nats over a
     32-token answer allows the style shifts users ask for."""
+    kl_backoff: float = 2.0
+    """When a candidate's KL is over ``kl_bound`` (whatever else the gate found), the user's
+    training restarts from the served adapter with the user's KL coefficient multiplied
+    by this: training on from a candidate that cannot be published, with the same penalty,
+    only drifts further from the base. 1 turns it off (training goes on from the refused
+    candidate). The raised coefficient is written in the next published manifest."""
     max_empty_share: float = 0.1
     """Share of empty answers above which a candidate is refused (when the served
     adapter's share is lower by more than ``degenerate_margin``)."""
@@ -83,6 +89,8 @@ class PublishConfig:
     """An answer whose share of repeated n-grams is above this counts as repetitive."""
 
     def __post_init__(self) -> None:
+        if not self.kl_backoff >= 1.0:
+            raise ValueError(f"PublishConfig.kl_backoff must be >= 1, got {self.kl_backoff}")
         for name in ("max_empty_share", "max_truncated_share", "max_repetitive_share",
                      "degenerate_margin", "max_repeated_ngram_share"):
             if not 0.0 <= (value := getattr(self, name)) <= 1.0:

@@ -101,6 +101,10 @@ def test_gate_refuses_then_publishes(learner_setup, monkeypatch) -> None:  # typ
     assert second.decision.startswith("kept: KL"), second.decision
     assert store.latest(USER) is None
     assert all(torch.equal(served[k], learner._served[USER][k]) for k in served)
+    # ... and training restarts from the served adapter with twice the KL coefficient
+    now = snapshot(pool, USER)
+    assert all(torch.equal(served[k], now[k]) for k in served)
+    assert learner._ppo.progress(USER).kl_coef == pytest.approx(2 * cfg.ppo.kl_coef)
     assert len(sampled) == 3, "the served adapter is unchanged: only the candidate is sampled"
     # what the gate reused is what sampling the served weights again gives
     prompts = gate.held_out_sample(USER, ex.eval_prompts, cfg.publish.eval_prompts)
@@ -121,6 +125,7 @@ def test_gate_refuses_then_publishes(learner_setup, monkeypatch) -> None:  # typ
     assert len(sampled) == 5  # the served sample again; the fresh measurement above
     manifest = store.manifest(USER, "v1")
     assert manifest.steps == 6 and manifest.feedback_count == len(PROMPTS)
+    assert manifest.metrics["kl_coef"] == pytest.approx(2 * cfg.ppo.kl_coef)
     assert manifest.reward_before == pytest.approx(third.reward_before)
     assert manifest.metrics["judge_after"] == pytest.approx(third.judge_after)
     assert [a.version for a in announced] == ["v1"] and announced[0].sha256 == manifest.sha256
@@ -235,7 +240,9 @@ def test_verdict_refuses_degenerate_outputs_worse_than_the_served(field: str) ->
     assert (beyond.publish, beyond.reason) == (False, "degenerate")
 
 
-def test_publish_config_refuses_shares_outside_zero_one() -> None:
+def test_publish_config_refuses_bad_shares_and_a_kl_backoff_below_one() -> None:
+    with pytest.raises(ValueError, match="kl_backoff"):
+        PublishConfig(kl_backoff=0.5)
     with pytest.raises(ValueError, match="degenerate_margin"):
         PublishConfig(degenerate_margin=-0.1)
     with pytest.raises(ValueError, match="max_truncated_share"):

@@ -5,7 +5,9 @@ the user's LoRA (loaded from the user's latest published adapter); PPO runs a
 bounded number of iterations per turn; the candidate is published only if it
 beats the adapter the user is served (training goes on from a refused
 candidate, but it is always compared with what is served) on the user's
-held-out prompts and stays within the KL bound.
+held-out prompts and stays within the KL bound. A candidate over the KL bound is
+dropped instead: the user restarts from the served adapter with a larger KL
+coefficient (``PublishConfig.kl_backoff``).
 
 Publishing is fenced: the candidate names the version its weights were loaded
 from (or last published as); when another trainer published the user meanwhile
@@ -35,6 +37,7 @@ from trainer.loop.gate import (
     GateSamples,
     compare,
     held_out_sample,
+    restore,
     snapshot,
     verdict,
 )
@@ -267,6 +270,8 @@ class Learner:
                             steps=steps, judge_before=old.judge, judge_after=new.judge)
         if not judged.publish:
             self._metrics.refused.labels(judged.reason).inc()  # one of REFUSAL_REASONS
+            if new.kl > self._cfg.publish.kl_bound:
+                self._back_off(ppo, user_id)
             return result
         progress = ppo.progress(user_id)
         with tempfile.TemporaryDirectory() as tmp:
@@ -286,6 +291,18 @@ class Learner:
                 return TurnResult(user_id, f"fenced: {exc}", interrupted=True)
         self._metrics.published.inc()
         return replace(result, decision=f"published {version}", published_version=version)
+
+    def _back_off(self, ppo: PPOTrainer, user_id: str) -> None:
+        """A candidate over the KL bound: the user restarts from the served adapter with a
+        KL coefficient ``kl_backoff`` times larger (``PublishConfig.kl_backoff``)."""
+        factor = self._cfg.publish.kl_backoff
+        if factor == 1.0:
+            return
+        restore(ppo.pool, user_id, self._served[user_id])
+        progress = ppo.progress(user_id)
+        ppo.set_progress(user_id, replace(progress, kl_coef=progress.kl_coef * factor))
+        log.info("user %s: candidate over the KL bound; restarting from the served adapter "
+                 "with KL coefficient %.4g", user_id, progress.kl_coef * factor)
 
     def status(self, user_id: str, ex: UserExamples, result: TurnResult) -> TrainerReport:
         """The report GetUserStatus serves for the user."""
