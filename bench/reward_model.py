@@ -10,8 +10,9 @@ heads; finally every user's heads are refreshed. Reported, for each ``--settings
 entry side by side (``tuned_layers:layer_pooling[:option...]``: how many top layers of
 the encoder train, 0 = frozen; which depths the heads read, every one or only the last;
 and optionally how a user's head's L2 strength is set: ``fixed`` = ``user_l2``, ``cv`` =
-chosen per fit by cross-validation from ``CV_GRID``; and what the policy head trains on:
-``policy-all`` or ``policy-half``; absent options keep the config's defaults):
+chosen per fit by cross-validation from ``CV_GRID``; what the policy head trains on:
+``policy-all`` or ``policy-half``; and ``lexical-<buckets>``, the width of the lexical
+features, 0 for none; absent options keep the config's defaults):
 
 1. held-out pairwise accuracy per user (split by prompt: held-out rankings never
    trained on) of the policy head, the judge head and the shared model alone, judged by
@@ -88,7 +89,8 @@ CV_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 def config(setting: str) -> RewardModelConfig:
     """The model of a ``tuned_layers:layer_pooling[:option...]`` setting; options: ``fixed``
     or ``cv`` (how a user head's L2 strength is set), ``policy-all`` or ``policy-half``
-    (what the policy head trains on); absent ones keep the config's default."""
+    (what the policy head trains on), ``lexical-<buckets>`` (the lexical features' width,
+    0: none); absent ones keep the config's default."""
     layers, pooling, *options = setting.split(":")
     cfg = RewardModelConfig(tuned_layers=int(layers), layer_pooling=pooling)
     for option in options:
@@ -96,9 +98,11 @@ def config(setting: str) -> RewardModelConfig:
             cfg = replace(cfg, user_l2_grid=CV_GRID if option == "cv" else ())
         elif option in ("policy-all", "policy-half"):
             cfg = replace(cfg, policy_head_data=option.removeprefix("policy-"))
+        elif option.startswith("lexical-") and option.removeprefix("lexical-").isdigit():
+            cfg = replace(cfg, lexical_dim=int(option.removeprefix("lexical-")))
         else:
             raise ValueError(f"setting {setting!r}: unknown option {option!r} (fixed, cv, "
-                             "policy-all, policy-half)")
+                             "policy-all, policy-half, lexical-<buckets>)")
     return cfg
 
 

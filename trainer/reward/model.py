@@ -1,15 +1,18 @@
 """A personal reward model: a cross-encoder with trained top layers, a shared head, and two
 small heads per user.
 
-    e = encoder(prompt, completion)                      (F,) every depth pooled, top trained
+    e = [encoder(prompt, completion), lexical(completion)]   (F,) = (F_enc + D,)
     reward(user, ·) = shared_head(e) + policy_u(e)       what PPO optimises
     judge(user, ·)  = shared_head(e) + judge_u(e)        what the publish gate trusts
 
 1. Encoder (``TextEncoder``): a HF encoder (default all-MiniLM-L6-v2) reads prompt and
    completion together; its lower layers are frozen (their output cached), its top
    ``tuned_layers`` are trained on everyone's pairs, so the features follow whatever the
-   users prefer, not a fixed list of them. e concatenates every depth's pooled states
-   (F = 7 x 384 for MiniLM), so a head can weigh word-level and meaning-level evidence.
+   users prefer, not a fixed list of them. It concatenates every depth's pooled states
+   (F_enc = 7 x 384 for MiniLM), so a head can weigh word-level and meaning-level
+   evidence. Beside them, the completion's hashed lexical features
+   (``trainer.reward.lexical``: its words, word pairs and word shapes; D = ``lexical_dim``)
+   carry its exact wording.
 2. Shared head: ``nn.Linear(H, 1)``, the positive-class logit of a "preferred" classifier.
 3. Per-user heads (``UserHead``): two residuals of F + 1 floats, zero-initialised (a new
    user scores exactly like the shared model), L2-pulled toward zero (a Gaussian prior
@@ -61,6 +64,7 @@ from trainer.reward.data import (
 )
 from trainer.reward.encoder import TextEncoder, default_backbone_dir
 from trainer.reward.fit import HeadFit, choose_l2, examples_loss, fit_head
+from trainer.reward.lexical import lexical_features
 from trainer.reward.losses import pairwise_accuracy_from_rewards, pairwise_loss, thumbs_loss
 from trainer.reward.users import (
     JUDGE,
@@ -81,7 +85,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SHARED_FORMAT = "personal-reward-shared/2"
+SHARED_FORMAT = "personal-reward-shared/3"
 
 
 class PersonalRewardModel:
@@ -97,8 +101,10 @@ class PersonalRewardModel:
             batch_size=config.encode_batch_size, cache_size=config.embedding_cache_size,
             tuned_layers=config.tuned_layers, state_cache_size=config.state_cache_size,
             layer_pooling=config.layer_pooling)
-        self.hidden_size = self.encoder.feature_size
-        """Width of the heads' input e."""
+        self.hidden_size = self.encoder.feature_size + config.lexical_dim
+        """Width of the heads' input e: the encoder's features, then the lexical ones."""
+        # the lexical block's norm relative to the encoder's (unit-norm depths, each)
+        self._lexical_scale = config.lexical_weight * len(self.encoder.depths) ** 0.5
         self.shared_head = nn.Linear(self.hidden_size, 1).to(self.encoder.device)
         nn.init.zeros_(self.shared_head.weight)
         nn.init.zeros_(self.shared_head.bias)
@@ -252,7 +258,9 @@ class PersonalRewardModel:
                     heads: Callable[[Example], tuple[UserHead, int] | None],
                     grad: bool) -> Tensor:
         """The batch's loss, every example scored by the shared head plus its own head."""
-        e = self.encoder.embed(*_texts(batch), grad=grad)  # (2P + M, F)
+        prompts, completions = _texts(batch)
+        e = self._with_lexical(self.encoder.embed(prompts, completions, grad=grad),
+                               completions)  # (2P + M, F)
         pairs = [x for x in batch if isinstance(x, PairExample)]
         owners = [*pairs, *pairs, *[x for x in batch if isinstance(x, ThumbExample)]]
         residual = torch.stack([_residual(heads(o), row) for o, row in zip(owners, e,
@@ -274,8 +282,16 @@ class PersonalRewardModel:
     # --- rewards -------------------------------------------------------------------------
 
     def head_inputs(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
-        """The heads' input e (B, H) under the current encoder (no gradient, cached)."""
-        return self.encoder.embed(prompts, completions)
+        """The heads' input e (B, F) under the current encoder (no gradient; the encoder's
+        part cached)."""
+        return self._with_lexical(self.encoder.embed(prompts, completions), completions)
+
+    def _with_lexical(self, encoded: Tensor, completions: Sequence[str]) -> Tensor:
+        """(B, F_enc) encoder features -> (B, F) with the completions' lexical features."""
+        if not self.config.lexical_dim:
+            return encoded
+        lexical = lexical_features(completions, self.config.lexical_dim, encoded.device)
+        return torch.cat([encoded, self._lexical_scale * lexical.to(encoded.dtype)], dim=1)
 
     def _score(self, head: UserHead | None, part: int, prompts: Sequence[str],
                completions: Sequence[str]) -> Tensor:
@@ -317,16 +333,19 @@ class PersonalRewardModel:
         meta = {"format": SHARED_FORMAT, "hidden_size": str(self.hidden_size),
                 "pooling": self.config.pooling, "normalize": str(self.config.normalize),
                 "tuned_layers": str(self.config.tuned_layers),
-                "layer_pooling": self.config.layer_pooling}
+                "layer_pooling": self.config.layer_pooling,
+                "lexical_dim": str(self.config.lexical_dim),
+                "lexical_weight": str(self.config.lexical_weight)}
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path),
                   metadata=meta)
         return Path(path)
 
     def load_shared(self, path: str | Path) -> None:
-        """Load what ``save_shared`` wrote (same pooling, normalisation, tuned layers and
-        pooled depths)."""
+        """Load what ``save_shared`` wrote (same pooling, normalisation, tuned layers, pooled
+        depths and lexical features)."""
         state, meta = read_safetensors(path, SHARED_FORMAT)
-        names = ("pooling", "normalize", "tuned_layers", "layer_pooling")
+        names = ("pooling", "normalize", "tuned_layers", "layer_pooling", "lexical_dim",
+                 "lexical_weight")
         settings = tuple(str(getattr(self.config, n)) for n in names)
         saved = tuple(meta.get(n) for n in names)
         if saved != settings:
