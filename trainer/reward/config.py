@@ -36,10 +36,11 @@ class RewardModelConfig:
     lexical_dim: int = 8192
     """Buckets of the hashed lexical features of the completion the heads read beside the
     encoder's (``trainer.reward.lexical``: its words, word pairs and word shapes); 0: the
-    encoder's features only. 8192 by default: on the answers SmolLM2 gave in a
-    bench.learning run they raised the personal heads' cross-validated accuracy from
-    0.74 to 0.80 (16384 buckets: 0.81, 4096: 0.79; docs/benchmarks.md). Each user head
-    holds 2 x (encoder features + lexical_dim) floats (87 KB with MiniLM)."""
+    encoder's features only. On the answers SmolLM2 gave in two bench.learning runs,
+    they raised the policy heads' mean cross-validated accuracy from 0.74 to 0.80 and
+    from 0.67 to 0.74 (bench.reward_replay, docs/benchmarks.md); on bench.reward_model's
+    composed answers they changed it by -0.02 to 0.00. Each user head holds
+    2 x (encoder features + lexical_dim + 1) floats (87 KB with MiniLM)."""
     lexical_weight: float = 1.0
     """Norm of the lexical block relative to the encoder's features: the unit-norm lexical
     vector is scaled by this times the square root of the pooled depths (each of which is
@@ -112,11 +113,13 @@ class RewardModelConfig:
     training prompts, or "half": fold 0 only. The judge head trains on fold 1 either way
     (``trainer.reward.data.fold_of``), so it is a second model PPO never optimises, fitted
     on a subset that excludes the gate's held-out prompts. "all" by default: at 40
-    rankings per user it raised the policy heads' mean held-out accuracy by 3-5 points in
+    rankings per user it raised the policy heads' mean held-out accuracy by 2.5-7.8 points in
     each of four data seeds (bench.reward_model, docs/benchmarks.md); "half" keeps the two
     heads' data disjoint, so their errors are independent, at that cost in accuracy."""
-    max_resident_users: int = 10_000
-    """User heads kept in memory; the least recently used is evicted beyond it."""
+    max_resident_users: int = 2_000
+    """User heads kept in memory; the least recently used is evicted beyond it (saved, and
+    reloaded on its next turn). 2,000 heads of ~87 KB (MiniLM, 8,192 lexical buckets) are
+    ~170 MB."""
     heldout_fraction: float = 0.2
     """Share of each user's prompts whose examples are held out of all training, for
     evaluation (by hash of the prompt, so a ranking's pairs stay on one side)."""

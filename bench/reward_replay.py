@@ -1,0 +1,150 @@
+"""The personal reward model on recorded feedback: a ``bench.learning`` run replayed.
+
+    python -m bench.reward_replay --run bench/results/learning-run   # about 3 min on 2 cores
+
+``bench.reward_model`` ranks composed answers; this one reads what the model really
+answered. The run's trainer journal holds every ranking its simulated users sent
+(SmolLM2's sampled answers, ranked with label noise), and its ``results.json`` names each
+user's preference. Per ``--settings`` entry (``bench.reward_model.config``: e.g.
+``0:all:lexical-0:policy-half``), the reward model is cross-validated by ranking group:
+each user's prompts are dealt into ``--folds`` folds by a stable hash (a prompt's
+rankings never sit on both sides), and for each fold the learner's steps run on the
+rest (the shared part on every user's training folds, then the user's heads), and the
+user's policy head ranks the fold's pairs. Reported: per user and setting, the pairwise
+accuracy on the held-out pairs the user's noise-free preference decides, with a 95%
+Wilson interval and their number; per setting, the paired difference from the first
+setting over the same pairs (a t interval; a ranking's pairs are not independent, so the
+interval is somewhat narrow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import paired_difference, settle, table, write_result
+from bench.reward_model import config
+from demo.preferences import PREFERENCES, Preference
+from demo.stats import wilson
+from services.contract.config import KafkaConfig
+from trainer.data.examples import build_examples
+from trainer.data.preferences import PreferenceConfig
+from trainer.ingest.journal import Journal
+from trainer.reward.data import PairExample, stable_hash
+from trainer.reward.model import PersonalRewardModel
+
+Data = dict[str, list[PairExample]]
+
+
+def recorded(run: Path) -> tuple[Data, dict[str, Preference]]:
+    """Every user's pairs from the run's journal, and each user's preference."""
+    users = {u["user"]: PREFERENCES[u["preference"]]
+             for u in json.loads((run / "results.json").read_text())["users"]}
+    kafka = KafkaConfig()
+    journal = Journal(run / "trainer-state" / "journal.sqlite", kafka.generations_topic,
+                      kafka.feedback_topic)
+    try:
+        data = {u: build_examples(u, journal.joined(u), PreferenceConfig(), 0.0).pairs
+                for u in users}
+    finally:
+        journal.close()
+    return data, users
+
+
+def question(prompt: str) -> str:
+    """The user's question in a reward-model prompt ("user: ..." lines)."""
+    return prompt.rsplit("user: ", 1)[-1]
+
+
+def decided(pref: Preference, pairs: list[PairExample]) -> list[PairExample]:
+    """The pairs the noise-free preference decides, oriented its way."""
+    out = []
+    for p in pairs:
+        chosen = pref.score(question(p.prompt), p.chosen)
+        rejected = pref.score(question(p.prompt), p.rejected)
+        if chosen != rejected:
+            out.append(p if chosen > rejected else
+                       PairExample(p.user_id, p.prompt, p.rejected, p.chosen, p.weight))
+    return out
+
+
+def fold_of(pair: PairExample, folds: int) -> int:
+    return stable_hash("replay", pair.user_id, pair.prompt) % folds
+
+
+def cross_validate(setting: str, data: Data, prefs: dict[str, Preference], folds: int,
+                   encoder: Any) -> dict[str, list[bool]]:
+    """Per user, whether the policy head ranked each decided held-out pair right (in one
+    order: fold by fold, pairs in journal order)."""
+    cfg = replace(config(setting), heldout_fraction=0.0)  # the folds hold out instead
+    right: dict[str, list[bool]] = {u: [] for u in data}
+    for f in range(folds):
+        rm = PersonalRewardModel(cfg, encoder)
+        train = {u: [p for p in ps if fold_of(p, folds) != f] for u, ps in data.items()}
+        everyone = [p for ps in train.values() for p in ps]
+        for user in data:  # a turn of each user, as the learner runs them
+            rm.train_shared(everyone)
+            rm.train_user(user, train[user])
+        for user, pairs in data.items():
+            held = decided(prefs[user], [p for p in pairs if fold_of(p, folds) == f])
+            if held:
+                r = rm.score(user, [p.prompt for p in held] * 2,
+                             [p.chosen for p in held] + [p.rejected for p in held])
+                right[user] += (r[:len(held)] > r[len(held):]).tolist()
+    return right
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", default="bench/results/learning-run",
+                   help="a bench.learning run directory (results.json, trainer-state/)")
+    p.add_argument("--settings", default="0:all:lexical-0:policy-half,0:all:lexical-0,0:all",
+                   help="bench.reward_model settings compared side by side")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="")
+    args = p.parse_args()
+    settle()
+    torch.set_num_threads(args.threads)
+    data, prefs = recorded(Path(args.run))
+    encoder = PersonalRewardModel(config(args.settings.split(",")[0])).encoder  # cache shared
+    settings = args.settings.split(",")
+    results = {s: cross_validate(s, data, prefs, args.folds, encoder) for s in settings}
+    rows, payload = [], {}
+    for user in data:
+        row: list[Any] = [user, prefs[user].name, len(data[user]),
+                          len(results[settings[0]][user])]
+        for s in settings:
+            hits = results[s][user]
+            low, high = wilson(sum(hits), len(hits))
+            row.append(f"{sum(hits) / max(len(hits), 1):.2f} [{low:.2f}, {high:.2f}]")
+            payload.setdefault(s, {})[user] = {"accuracy": sum(hits) / max(len(hits), 1),
+                                               "low": low, "high": high, "n": len(hits)}
+        rows.append(row)
+    means = {s: statistics.mean(payload[s][u]["accuracy"] for u in data) for s in settings}
+    rows.append(["mean", "", sum(len(v) for v in data.values()),
+                 sum(len(v) for v in results[settings[0]].values())]
+                + [f"{means[s]:.3f}" for s in settings])
+    print(table(["user", "preference", "pairs", "decided pairs", *settings], rows))
+    diffs = []
+    for s in settings[1:]:
+        ours = [float(x) for u in data for x in results[s][u]]
+        base = [float(x) for u in data for x in results[settings[0]][u]]
+        d = paired_difference(ours, base)
+        diffs.append([s, f"{d['mean']:+.3f} [{d['mean_low']:+.3f}, {d['mean_high']:+.3f}]",
+                      int(d["n"])])
+        payload.setdefault("differences", {})[s] = d
+    print(table([f"setting - {settings[0]}", "accuracy difference [95%]", "pairs"], diffs))
+    write_result("reward_replay", vars(args) | {"users": {u: prefs[u].name for u in data}},
+                 {"results": payload, "means": means}, args.out or None)
+
+
+if __name__ == "__main__":
+    main()
