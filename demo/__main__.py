@@ -2,7 +2,7 @@
 conflicting preferences through the public gRPC API, with a live view; leaves a chart
 and a report behind.
 
-    python -m demo --users 4 --duration 600 --out demo-output
+    python -m demo --users 4 --duration 900 --out demo-output
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ from services.client.sdk import AssistantClient
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--users", type=int, default=2,
-                   help="simulated users (default 2: concise vs detailed; 4 or more play the "
-                        "content cast: formal, casual, examples, warm, technical, summary, "
-                        "questions, hedged, ...; needs a longer --duration on a small host)")
+    p.add_argument("--users", type=int, default=4,
+                   help="simulated users (default 4: formal, casual, examples, warm; more "
+                        "continue the content cast: technical, summary, questions, hedged, "
+                        "...; 1-3 play length and layout: concise, detailed, bullets)")
     p.add_argument("--preferences", default="",
                    help="comma-separated preferences to cycle through instead of the cast "
                         f"(any of: {', '.join(PREFERENCES)})")
-    p.add_argument("--duration", type=float, default=600.0,
-                   help="seconds of feedback after the stack is up (default 600)")
+    p.add_argument("--duration", type=float, default=900.0,
+                   help="seconds of feedback after the stack is up (default 900)")
     p.add_argument("--model", default=".cache/models/SmolLM2-135M-Instruct",
                    help="HF model directory served and trained")
     p.add_argument("--out", default="", help="output folder (default demo-output/<time>)")
