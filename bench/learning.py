@@ -5,7 +5,7 @@ under the user's preference with its 95% interval and number of comparisons, lea
 onto the library's independent preferences, and byte-identity of other users'
 answers while one user's adapter changes.
 
-    .venv/bin/python -m bench.learning --duration 600 --users 2
+    .venv/bin/python -m bench.learning                             # 4 users, 30 min
     .venv/bin/python -m bench.learning --duration 3600 --users 9   # 8 families
 
 Targets (issue 12): personal RM accuracy >= 0.85 after 40 rankings, on every user,
@@ -131,8 +131,8 @@ def _f(x: float | None) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, default=600.0)
-    p.add_argument("--users", type=int, default=2)
+    p.add_argument("--duration", type=float, default=1800.0)
+    p.add_argument("--users", type=int, default=4)
     p.add_argument("--json", default="bench/results/learning.json")
     known, rest = p.parse_known_args()
     out = Path("bench/results/learning-run")
