@@ -300,9 +300,10 @@ class Learner:
             return
         restore(ppo.pool, user_id, self._served[user_id])
         progress = ppo.progress(user_id)
-        ppo.set_progress(user_id, replace(progress, kl_coef=progress.kl_coef * factor))
+        kl_coef = progress.kl_coef * factor
+        ppo.set_progress(user_id, replace(progress, kl_coef=kl_coef))
         log.info("user %s: candidate over the KL bound; restarting from the served adapter "
-                 "with KL coefficient %.4g", user_id, progress.kl_coef * factor)
+                 "with KL coefficient %.4g", user_id, kl_coef)
 
     def status(self, user_id: str, ex: UserExamples, result: TurnResult) -> TrainerReport:
         """The report GetUserStatus serves for the user."""

@@ -271,10 +271,11 @@ class PersonalRewardModel:
         """Fill the caches for ``items`` in large batches, once; seconds it took. The heads
         train on pooled embeddings (``pooled``); the shared step only reads lower-layer
         states, so pooling the whole sample through the top layers it is about to change
-        would be wasted."""
+        would be wasted. Only the encoder's features are cached: the lexical ones are
+        computed where the heads read them."""
         start = time.perf_counter()
         if pooled:
-            self.head_inputs(*_texts(items))
+            self.encoder.embed(*_texts(items))
         else:
             self.encoder.warm(*_texts(items))
         return time.perf_counter() - start
