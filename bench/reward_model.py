@@ -28,6 +28,7 @@ import argparse
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -70,11 +71,18 @@ def rankings(user: str, pref: Preference, n: int, candidates: int, noise: float,
     return pairs
 
 
-def decided(pref: Preference, pairs: list[PairExample]) -> list[PairExample]:
-    """The pairs the noise-free preference decides, oriented its way."""
+def composed_question(prompt: str) -> str:
+    """The question of a prompt ``rankings`` made ("user: <question> (<i>)")."""
+    return prompt.removeprefix("user: ").split(" (")[0]
+
+
+def decided(pref: Preference, pairs: list[PairExample],
+            question_of: Callable[[str], str] = composed_question) -> list[PairExample]:
+    """The pairs the noise-free preference decides, oriented its way; ``question_of``
+    reads the user's question from a pair's prompt."""
     out = []
     for p in pairs:
-        question = p.prompt.removeprefix("user: ").split(" (")[0]
+        question = question_of(p.prompt)
         chosen, rejected = pref.score(question, p.chosen), pref.score(question, p.rejected)
         if chosen != rejected:
             out.append(p if chosen > rejected else

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from bench.common import paired_difference, settle, table, write_result
-from bench.reward_model import config
+from bench.reward_model import config, decided
 from demo.preferences import PREFERENCES, Preference
 from demo.stats import wilson
 from services.contract.config import KafkaConfig
@@ -37,6 +37,7 @@ from trainer.data.examples import build_examples
 from trainer.data.preferences import PreferenceConfig
 from trainer.ingest.journal import Journal
 from trainer.reward.data import PairExample, stable_hash
+from trainer.reward.encoder import TextEncoder
 from trainer.reward.model import PersonalRewardModel
 
 Data = dict[str, list[PairExample]]
@@ -58,41 +59,37 @@ def recorded(run: Path) -> tuple[Data, dict[str, Preference]]:
 
 
 def question(prompt: str) -> str:
-    """The user's question in a reward-model prompt ("user: ..." lines)."""
+    """The user's last question in a reward-model prompt ("role: content" lines)."""
     return prompt.rsplit("user: ", 1)[-1]
 
 
-def decided(pref: Preference, pairs: list[PairExample]) -> list[PairExample]:
-    """The pairs the noise-free preference decides, oriented its way."""
-    out = []
-    for p in pairs:
-        chosen = pref.score(question(p.prompt), p.chosen)
-        rejected = pref.score(question(p.prompt), p.rejected)
-        if chosen != rejected:
-            out.append(p if chosen > rejected else
-                       PairExample(p.user_id, p.prompt, p.rejected, p.chosen, p.weight))
-    return out
-
-
-def fold_of(pair: PairExample, folds: int) -> int:
+def replay_fold(pair: PairExample, folds: int) -> int:
+    """The fold of the pair's prompt (a ranking's pairs share it)."""
     return stable_hash("replay", pair.user_id, pair.prompt) % folds
 
 
 def cross_validate(setting: str, data: Data, prefs: dict[str, Preference], folds: int,
-                   encoder: Any) -> dict[str, list[bool]]:
+                   encoders: dict[str, TextEncoder]) -> dict[str, list[bool]]:
     """Per user, whether the policy head ranked each decided held-out pair right (in one
-    order: fold by fold, pairs in journal order)."""
+    order: fold by fold, pairs in journal order). Every fold and setting that pools the
+    same depths shares one frozen encoder from ``encoders`` (and its cache)."""
     cfg = replace(config(setting), heldout_fraction=0.0)  # the folds hold out instead
+    if cfg.tuned_layers:  # trained top layers would carry one fold's training to the next
+        raise SystemExit(f"setting {setting!r}: the replay needs a frozen encoder "
+                         "(tuned_layers 0)")
+    if cfg.layer_pooling not in encoders:
+        encoders[cfg.layer_pooling] = PersonalRewardModel(cfg).encoder
     right: dict[str, list[bool]] = {u: [] for u in data}
     for f in range(folds):
-        rm = PersonalRewardModel(cfg, encoder)
-        train = {u: [p for p in ps if fold_of(p, folds) != f] for u, ps in data.items()}
+        rm = PersonalRewardModel(cfg, encoders[cfg.layer_pooling])
+        train = {u: [p for p in ps if replay_fold(p, folds) != f] for u, ps in data.items()}
         everyone = [p for ps in train.values() for p in ps]
         for user in data:  # a turn of each user, as the learner runs them
             rm.train_shared(everyone)
             rm.train_user(user, train[user])
         for user, pairs in data.items():
-            held = decided(prefs[user], [p for p in pairs if fold_of(p, folds) == f])
+            held = decided(prefs[user], [p for p in pairs if replay_fold(p, folds) == f],
+                           question)
             if held:
                 r = rm.score(user, [p.prompt for p in held] * 2,
                              [p.chosen for p in held] + [p.rejected for p in held])
@@ -114,9 +111,8 @@ def main() -> None:
     settle()
     torch.set_num_threads(args.threads)
     data, prefs = recorded(Path(args.run))
-    encoder = PersonalRewardModel(config(args.settings.split(",")[0])).encoder  # cache shared
-    settings = args.settings.split(",")
-    results = {s: cross_validate(s, data, prefs, args.folds, encoder) for s in settings}
+    settings, encoders = args.settings.split(","), {}
+    results = {s: cross_validate(s, data, prefs, args.folds, encoders) for s in settings}
     rows, payload = [], {}
     for user in data:
         row: list[Any] = [user, prefs[user].name, len(data[user]),
