@@ -69,6 +69,14 @@ class PublishConfig:
     by this: training on from a candidate that cannot be published, with the same penalty,
     only drifts further from the base. 1 turns it off (training goes on from the refused
     candidate). The raised coefficient is written in the next published manifest."""
+    kl_stop_share: float | None = 0.8
+    """Early stop of a turn's PPO at a KL limit of ``kl_stop_share * kl_bound`` nats (as
+    CleanRL's ``target_kl``, on the KL to the base model): each rollout measures the adapter
+    the iteration began from; once one is past the limit and past where the turn began,
+    the adapter goes back to the last iterate measured within both (the candidate the gate
+    sees), the turn's PPO stops, and the user's KL coefficient is multiplied by
+    ``kl_backoff``. Below 1 it leaves a margin for the gate's own estimate, on other
+    prompts. None: every turn runs its iterations (the gate alone checks the bound)."""
     max_empty_share: float = 0.1
     """Share of empty answers above which a candidate is refused (when the served
     adapter's share is lower by more than ``degenerate_margin``)."""
@@ -91,6 +99,9 @@ class PublishConfig:
     def __post_init__(self) -> None:
         if not self.kl_backoff >= 1.0:
             raise ValueError(f"PublishConfig.kl_backoff must be >= 1, got {self.kl_backoff}")
+        if self.kl_stop_share is not None and not self.kl_stop_share > 0.0:
+            raise ValueError(f"PublishConfig.kl_stop_share must be > 0 (or None), got "
+                             f"{self.kl_stop_share}")
         for name in ("max_empty_share", "max_truncated_share", "max_repetitive_share",
                      "degenerate_margin", "max_repeated_ngram_share"):
             if not 0.0 <= (value := getattr(self, name)) <= 1.0:

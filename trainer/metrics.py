@@ -41,6 +41,9 @@ class TrainerMetrics:
                             registry=r)
         self.ppo_clipfrac = Gauge(p + "ppo_clipfrac", "Clip fraction of the last PPO step.",
                                   registry=r)
+        self.ppo_kl_stops = Counter(p + "ppo_kl_stops", "Turns whose PPO stopped at the "
+                                    "turn's KL limit (the adapter went back to the last "
+                                    "iterate within it).", registry=r)
         self.turn_seconds = Histogram(p + "turn_duration_seconds", "One user's training turn.",
                                       buckets=_SECONDS, registry=r)
         self.published = Counter(p + "adapters_published", "Adapter versions published.",

@@ -109,9 +109,11 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[dict]]]]] = [
         ("Turn duration", "s", "One user's training turn.",
          quantiles(T + "turn_duration_seconds")),
         ("Adapters published and refused", "ops", "Publish-gate outcomes "
-         "(NoAdapterPublishedWhileFeedbackArrives).",
+         "(NoAdapterPublishedWhileFeedbackArrives), and turns whose PPO stopped early at "
+         "the turn's KL limit.",
          rate(T + "adapters_published", legend="published")
-         + rate(T + "adapters_refused", "reason", "refused {{reason}}")),
+         + rate(T + "adapters_refused", "reason", "refused {{reason}}")
+         + rate(T + "ppo_kl_stops", legend="PPO stopped at the KL limit")),
         ("Adapters in memory", "short", "User adapters resident in each trainer's policy "
          "model.", gauge(T + "adapters_in_memory", "instance")),
         ("Turns failed, interrupted, fenced", "ops", "Turns that raised (TrainerTurnsFailing), "

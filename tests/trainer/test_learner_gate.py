@@ -33,7 +33,7 @@ PROMPTS = ["tell me about the sea", "name a fruit", "how are you", "say somethin
 HELDOUT = 0.3
 
 
-def joined_history() -> list[Joined]:
+def joined_history(user: str = USER) -> list[Joined]:
     out = []
     for i, prompt in enumerate(PROMPTS):
         gens = {}
@@ -41,12 +41,12 @@ def joined_history() -> list[Joined]:
                                                                  "answer with many words."]):
             rid = f"r{i}-{c}"
             gens[rid] = GenerationRecord(
-                response_id=rid, group_id=f"g{i}", user_id=USER, candidate_index=c,
+                response_id=rid, group_id=f"g{i}", user_id=user, candidate_index=c,
                 num_candidates=3, messages=[{"role": "user", "content": prompt}],
                 prompt_token_ids=[1], completion=text, completion_token_ids=[2],
                 finish_reason="stop", adapter_version="", base_model="tiny", sampling={},
                 created_at=1.0)
-        event = FeedbackEvent(f"f{i}", USER, USER, f"g{i}", "ranking",
+        event = FeedbackEvent(f"f{i}", user, user, f"g{i}", "ranking",
                               (f"r{i}-0", f"r{i}-1", f"r{i}-2"), None, 2.0)
         out.append(Joined(i + 1, event, gens))
     return out
@@ -96,7 +96,8 @@ def test_gate_refuses_then_publishes(learner_setup, monkeypatch) -> None:  # typ
 
     # 2. within the reward margin but over the KL bound: still kept back
     learner._cfg = dataclasses.replace(cfg, publish=dataclasses.replace(
-        cfg.publish, min_improvement=-1e9, kl_bound=-1e9))  # the KL estimate may be < 0
+        cfg.publish, min_improvement=-1e9, kl_bound=-1e9,  # the KL estimate may be < 0
+        kl_stop_share=None))  # the gate's refusal alone (the turn's KL stop is tested below)
     second = learner.turn(USER, ex)
     assert second.decision.startswith("kept: KL"), second.decision
     assert store.latest(USER) is None
@@ -148,6 +149,53 @@ def test_interrupted_turn_publishes_nothing(learner_setup) -> None:  # type: ign
     result = learner.turn(USER, ex, should_stop=lambda: True)
     assert result.interrupted and result.decision == "interrupted"
     assert len(announced) == before
+
+
+def test_a_turn_stops_at_its_kl_limit_and_keeps_the_last_iterate_within(  # type: ignore[no-untyped-def]
+        learner_setup, monkeypatch) -> None:
+    """Each rollout measures the KL of the adapter its iteration began from. Past the
+    turn's limit (kl_stop_share x kl_bound, or where the turn began when that is further
+    out), the adapter goes back to the last iterate measured within it, which is what
+    the gate sees and publishes, and the user's KL coefficient doubles. With the stop
+    off, the turn runs all its iterations."""
+    learner, cfg, _, metrics = learner_setup
+    user = "kl-user"
+    learner._cfg = dataclasses.replace(
+        cfg, schedule=dataclasses.replace(cfg.schedule, ppo_steps_per_turn=4),
+        publish=dataclasses.replace(cfg.publish, min_improvement=-1e9, kl_bound=40.0,
+                                    kl_stop_share=0.5))
+    ex = build_examples(user, joined_history(user), PreferenceConfig(), HELDOUT)
+    _, ppo = learner._models()
+    train = ppo.train_user
+    began: list[dict[str, torch.Tensor]] = []
+    kls: list[float] = []
+
+    def scripted(user_id, prompts, reward_fn, steps=None):  # type: ignore[no-untyped-def]
+        began.append(snapshot(ppo.pool, user_id))
+        return dataclasses.replace(train(user_id, prompts, reward_fn, steps=steps),
+                                   kl=kls.pop(0))
+
+    monkeypatch.setattr(ppo, "train_user", scripted)
+    stops = metrics.ppo_kl_stops._value.get()
+    # the limit is max(0.5 x 40, 25 where the turn began) = 25: the 4th rollout is past it
+    kls[:] = [25.0, 12.0, 24.0, 31.0]
+    result = learner.turn(user, ex)
+    assert (result.steps, result.ppo_stop) == (4, "kl"), result
+    assert metrics.ppo_kl_stops._value.get() == stops + 1
+    assert ppo.progress(user).kl_coef == pytest.approx(2 * cfg.ppo.kl_coef)
+    assert result.published_version == "v1", result.decision
+    published = learner._served[user]
+    assert all(torch.equal(published[k], began[2][k]) for k in published), \
+        "the candidate is the last iterate measured within the limit"
+    assert any(not torch.equal(began[2][k], began[3][k]) for k in published)
+
+    learner._cfg = dataclasses.replace(learner._cfg, publish=dataclasses.replace(
+        learner._cfg.publish, kl_stop_share=None))
+    kls[:] = [1.0, 100.0, 100.0, 100.0]
+    again = learner.turn(user, ex)
+    assert (again.steps, again.ppo_stop) == (4, "budget"), again
+    assert metrics.ppo_kl_stops._value.get() == stops + 1
+    learner._cfg = cfg
 
 
 def _rival_publish(store: AdapterStore, parent: str, tmp: Path) -> str:
@@ -243,6 +291,8 @@ def test_verdict_refuses_degenerate_outputs_worse_than_the_served(field: str) ->
 def test_publish_config_refuses_bad_shares_and_a_kl_backoff_below_one() -> None:
     with pytest.raises(ValueError, match="kl_backoff"):
         PublishConfig(kl_backoff=0.5)
+    with pytest.raises(ValueError, match="kl_stop_share"):
+        PublishConfig(kl_stop_share=0.0)
     with pytest.raises(ValueError, match="degenerate_margin"):
         PublishConfig(degenerate_margin=-0.1)
     with pytest.raises(ValueError, match="max_truncated_share"):

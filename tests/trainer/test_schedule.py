@@ -89,6 +89,7 @@ CCFG = ScheduleConfig(min_new_feedback=3, max_wait_s=60, continue_min_interval_s
 
 def test_training_state_follows_the_stop_rule() -> None:
     assert training_state("budget", CCFG) == "training"
+    assert training_state("kl", CCFG) == "training", "a turn stopped at its KL limit"
     assert training_state("threshold", CCFG) == "threshold reached"
     assert training_state("max_steps", CCFG) == "step cap reached"
     assert training_state("", CCFG) == "waiting for data"

@@ -5,9 +5,11 @@ the user's LoRA (loaded from the user's latest published adapter); PPO runs a
 bounded number of iterations per turn; the candidate is published only if it
 beats the adapter the user is served (training goes on from a refused
 candidate, but it is always compared with what is served) on the user's
-held-out prompts and stays within the KL bound. A candidate over the KL bound is
-dropped instead: the user restarts from the served adapter with a larger KL
-coefficient (``PublishConfig.kl_backoff``).
+held-out prompts and stays within the KL bound. A turn's PPO stops early once a
+rollout's KL to the base model passes the turn's limit (``PublishConfig.kl_stop_share``
+of the bound), going back to the last iterate within it; a candidate over the KL bound
+is dropped: the user restarts from the served adapter. Both multiply the user's KL
+coefficient by ``PublishConfig.kl_backoff``.
 
 Publishing is fenced: the candidate names the version its weights were loaded
 from (or last published as); when another trainer published the user meanwhile
@@ -35,6 +37,7 @@ from trainer.data.examples import UserExamples
 from trainer.loop.gate import (
     AdapterSample,
     GateSamples,
+    Snapshot,
     compare,
     held_out_sample,
     restore,
@@ -76,7 +79,8 @@ class TurnResult:
     judge_after: float = math.nan
     """The candidate's mean judge reward on the same prompts."""
     ppo_stop: str = ""
-    """Why the turn's PPO ended: "budget" (the turn's iterations), "threshold" or
+    """Why the turn's PPO ended: "budget" (the turn's iterations), "kl" (past the turn's KL
+    limit, ``PublishConfig.kl_stop_share``), "threshold" or
     "max_steps" (the seed's stop rule); "" when the turn stopped before the gate
     (waiting for data)."""
     ppo_total_steps: int = 0
@@ -207,20 +211,10 @@ class Learner:
         self._restore_progress(ppo, user_id)
         ppo.pool.activate(user_id)
         served = self._served.setdefault(user_id, snapshot(ppo.pool, user_id))
-        steps, stop = 0, "budget"
-        for _ in range(self._cfg.schedule.ppo_steps_per_turn):
-            if should_stop():
-                return TurnResult(user_id, "interrupted", interrupted=True)
-            run = ppo.train_user(user_id, ex.train_prompts, reward_fn, steps=1)
-            steps += run.steps
-            for step in run.history:
-                self._metrics.ppo_steps.inc()
-                self._metrics.ppo_reward.set(step.score)
-                self._metrics.ppo_kl.set(step.kl)
-                self._metrics.ppo_clipfrac.set(step.clipfrac)
-            stop = run.stopped_reason
-            if stop != "budget":  # the seed's stop rule ended the run
-                break
+        ran = self._ppo_iterations(ppo, user_id, ex.train_prompts, reward_fn, should_stop)
+        if ran is None:
+            return TurnResult(user_id, "interrupted", interrupted=True)
+        steps, stop = ran
         # 3. gate: the candidate vs the adapter the user is served, on held-out prompts,
         #    judged by the user's judge head (PPO optimised the policy head, not this one)
         gate_prompts = held_out_sample(user_id, ex.eval_prompts, self._cfg.publish.eval_prompts)
@@ -244,6 +238,44 @@ class Learner:
         self._metrics.turn_seconds.observe(time.perf_counter() - start)
         self._metrics.adapters_in_memory.set(len(ppo.pool.resident_users()))
         return result
+
+    def _ppo_iterations(self, ppo: PPOTrainer, user_id: str,
+                        prompts: Sequence[ChatMessages], reward_fn: Callable[..., torch.Tensor],
+                        should_stop: Callable[[], bool]) -> tuple[int, str] | None:
+        """The turn's PPO iterations from the user's current adapter: (iterations run, why
+        they ended: "budget", "kl", or the seed's "threshold" / "max_steps"); None when
+        ``should_stop`` interrupted them. Each rollout measures the KL of the adapter its
+        iteration began from; past the turn's KL limit (``PublishConfig.kl_stop_share``),
+        the adapter goes back to the last iterate measured within it."""
+        publish = self._cfg.publish
+        limit = math.inf if publish.kl_stop_share is None else \
+            publish.kl_stop_share * publish.kl_bound
+        within: Snapshot | None = None  # the last iterate whose rollout KL was within
+        steps, stop = 0, "budget"
+        for i in range(self._cfg.schedule.ppo_steps_per_turn):
+            if should_stop():
+                return None
+            began = snapshot(ppo.pool, user_id)
+            run = ppo.train_user(user_id, prompts, reward_fn, steps=1)
+            steps += run.steps
+            for step in run.history:
+                self._metrics.ppo_steps.inc()
+                self._metrics.ppo_reward.set(step.score)
+                self._metrics.ppo_kl.set(step.kl)
+                self._metrics.ppo_clipfrac.set(step.clipfrac)
+            stop = run.stopped_reason
+            if stop != "budget":  # the seed's stop rule ended the run
+                break
+            if i == 0:  # the turn may begin past the limit; it must not end further out
+                limit = max(limit, run.kl)
+            elif run.kl > limit and within is not None:
+                restore(ppo.pool, user_id, within)
+                self._raise_kl_coef(ppo, user_id, f"PPO went past the turn's KL limit "
+                                    f"({run.kl:.1f} > {limit:.1f} nats)")
+                self._metrics.ppo_kl_stops.inc()
+                return steps, "kl"
+            within = began
+        return steps, stop
 
     @staticmethod
     def _reward_fn(score: Callable[[str, list[str], list[str]], torch.Tensor],
@@ -295,15 +327,18 @@ class Learner:
     def _back_off(self, ppo: PPOTrainer, user_id: str) -> None:
         """A candidate over the KL bound: the user restarts from the served adapter with a
         KL coefficient ``kl_backoff`` times larger (``PublishConfig.kl_backoff``)."""
-        factor = self._cfg.publish.kl_backoff
-        if factor == 1.0:
+        if self._cfg.publish.kl_backoff == 1.0:
             return
         restore(ppo.pool, user_id, self._served[user_id])
+        self._raise_kl_coef(ppo, user_id, "candidate over the KL bound; restarting from the "
+                            "served adapter")
+
+    def _raise_kl_coef(self, ppo: PPOTrainer, user_id: str, why: str) -> None:
+        """Multiply the user's KL coefficient by ``PublishConfig.kl_backoff``."""
         progress = ppo.progress(user_id)
-        kl_coef = progress.kl_coef * factor
+        kl_coef = progress.kl_coef * self._cfg.publish.kl_backoff
         ppo.set_progress(user_id, replace(progress, kl_coef=kl_coef))
-        log.info("user %s: candidate over the KL bound; restarting from the served adapter "
-                 "with KL coefficient %.4g", user_id, kl_coef)
+        log.info("user %s: %s; KL coefficient now %.4g", user_id, why, kl_coef)
 
     def status(self, user_id: str, ex: UserExamples, result: TurnResult) -> TrainerReport:
         """The report GetUserStatus serves for the user."""

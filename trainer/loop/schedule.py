@@ -44,13 +44,13 @@ def after_failure(previous: Quarantine | None, now: float, cfg: ScheduleConfig) 
 
 def training_state(ppo_stop: str, cfg: ScheduleConfig) -> TrainingState:
     """A user's state after a completed turn, from why the turn's PPO ended: "budget"
-    (its share of iterations), "threshold", "max_steps", or "" (the turn stopped before
-    the gate, waiting for data)."""
+    (its share of iterations), "kl" (its KL limit), "threshold", "max_steps", or "" (the
+    turn stopped before the gate, waiting for data)."""
     if ppo_stop == "threshold":
         return "threshold reached"
     if ppo_stop == "max_steps":
         return "step cap reached"
-    if ppo_stop == "budget" and cfg.continue_without_feedback:
+    if ppo_stop in ("budget", "kl") and cfg.continue_without_feedback:
         return "training"
     return "waiting for data"
 
