@@ -254,7 +254,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         return f"{v:.3g}" if isinstance(v, float) and abs(v) < 1e-2 and v else (
             f"{v:,.2f}" if isinstance(v, float) else str(v))
     cells = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)),
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]

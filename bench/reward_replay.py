@@ -137,7 +137,8 @@ def main() -> None:
         diffs.append([s, f"{d['mean']:+.3f} [{d['mean_low']:+.3f}, {d['mean_high']:+.3f}]",
                       int(d["n"])])
         payload.setdefault("differences", {})[s] = d
-    print(table([f"setting - {settings[0]}", "accuracy difference [95%]", "pairs"], diffs))
+    if diffs:
+        print(table([f"setting - {settings[0]}", "accuracy difference [95%]", "pairs"], diffs))
     write_result("reward_replay", vars(args) | {"users": {u: prefs[u].name for u in data}},
                  {"results": payload, "means": means}, args.out or None)
 
