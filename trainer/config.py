@@ -69,14 +69,18 @@ class PublishConfig:
     by this: training on from a candidate that cannot be published, with the same penalty,
     only drifts further from the base. 1 turns it off (training goes on from the refused
     candidate). The raised coefficient is written in the next published manifest."""
-    kl_stop_share: float | None = 0.8
+    kl_stop_share: float | None = None
     """Early stop of a turn's PPO at a KL limit of ``kl_stop_share * kl_bound`` nats (as
     CleanRL's ``target_kl``, on the KL to the base model): each rollout measures the adapter
     the iteration began from; once one is past the limit and past where the turn began,
     the adapter goes back to the last iterate measured within both (the candidate the gate
     sees), the turn's PPO stops, and the user's KL coefficient is multiplied by
     ``kl_backoff``. Below 1 it leaves a margin for the gate's own estimate, on other
-    prompts. None: every turn runs its iterations (the gate alone checks the bound)."""
+    prompts. None (the default): every turn runs its iterations and the gate alone checks
+    the bound. At 0.8 on the default CPU profile (4 iterations a turn, 8 rollouts each)
+    it stopped most turns once users neared the bound, on one rollout's noisy estimate,
+    and won nothing (docs/benchmarks.md); it is meant for long turns, where a turn can
+    overshoot the bound by far."""
     max_empty_share: float = 0.1
     """Share of empty answers above which a candidate is refused (when the served
     adapter's share is lower by more than ``degenerate_margin``)."""

@@ -5,10 +5,10 @@ the user's LoRA (loaded from the user's latest published adapter); PPO runs a
 bounded number of iterations per turn; the candidate is published only if it
 beats the adapter the user is served (training goes on from a refused
 candidate, but it is always compared with what is served) on the user's
-held-out prompts and stays within the KL bound. A turn's PPO stops early once a
-rollout's KL to the base model passes the turn's limit (``PublishConfig.kl_stop_share``
-of the bound), going back to the last iterate within it; a candidate over the KL bound
-is dropped: the user restarts from the served adapter. Both multiply the user's KL
+held-out prompts and stays within the KL bound. A candidate over the KL bound is
+dropped: the user restarts from the served adapter. With ``PublishConfig.kl_stop_share``
+set, a turn's PPO also stops early once a rollout's KL to the base model passes the
+turn's limit, going back to the last iterate within it. Both multiply the user's KL
 coefficient by ``PublishConfig.kl_backoff``.
 
 Publishing is fenced: the candidate names the version its weights were loaded

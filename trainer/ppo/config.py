@@ -77,8 +77,12 @@ class PPOConfig:
     """Dropout on the LoRA input."""
     lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     """Module names that receive LoRA (must match what the serving engine supports)."""
-    max_resident_users: int = 4
-    """Adapters kept in memory on the shared base model; the least recently used goes first."""
+    max_resident_users: int = 16
+    """Adapters kept in memory on the shared base model; the least recently used goes first.
+    Each costs its LoRA weights, their gradients and AdamW state, and a value head: ~10 MB
+    with SmolLM2-135M and the default LoRA. An evicted user is reloaded from its latest
+    published version, so what it trained since (a refused candidate) and its optimiser
+    state are lost: keep this at least the number of users a trainer trains in turn."""
     seed: int = 0
     """Seed of sampling and minibatch order (mixed with the user id and step)."""
     device: str = "cpu"
