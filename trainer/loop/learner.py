@@ -247,15 +247,15 @@ class Learner:
         ``should_stop`` interrupted them. Each rollout measures the KL of the adapter its
         iteration began from; past the turn's KL limit (``PublishConfig.kl_stop_share``),
         the adapter goes back to the last iterate measured within it."""
-        publish = self._cfg.publish
-        limit = math.inf if publish.kl_stop_share is None else \
-            publish.kl_stop_share * publish.kl_bound
+        share = self._cfg.publish.kl_stop_share
+        watched = share is not None  # off: no snapshot per iteration
+        limit = math.inf if share is None else share * self._cfg.publish.kl_bound
         within: Snapshot | None = None  # the last iterate whose rollout KL was within
         steps, stop = 0, "budget"
         for i in range(self._cfg.schedule.ppo_steps_per_turn):
             if should_stop():
                 return None
-            began = snapshot(ppo.pool, user_id)
+            began = snapshot(ppo.pool, user_id) if watched else None
             run = ppo.train_user(user_id, prompts, reward_fn, steps=1)
             steps += run.steps
             for step in run.history:
