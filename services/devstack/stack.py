@@ -86,6 +86,23 @@ def _suffix(i: int) -> str:
     return f"-{i}" if i else ""
 
 
+class ChildExited(RuntimeError):
+    """A child process exited while the stack was starting."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        module = proc.args[-1] if isinstance(proc.args, list) else proc.args
+        super().__init__(f"{module} (pid {proc.pid}) exited with code {proc.returncode} "
+                         "during start-up")
+
+
+def _log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(no log: {exc})"
+
+
 def wait_serving(target: str, procs: list[subprocess.Popen[bytes]], timeout_s: float,
                  should_stop: Callable[[], bool] = lambda: False) -> bool:
     """True once the server reports SERVING; False if ``should_stop`` turned true first."""
@@ -95,8 +112,9 @@ def wait_serving(target: str, procs: list[subprocess.Popen[bytes]], timeout_s: f
         while time.monotonic() < deadline:
             if should_stop():
                 return False
-            if any(p.poll() is not None for p in procs):
-                raise RuntimeError("a child process exited during start-up; see its log")
+            for p in procs:
+                if p.poll() is not None:
+                    raise ChildExited(p)
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -131,10 +149,20 @@ def child_stack(argv: list[str], target: str, env: dict[str, str], log_path: Pat
                 proc.wait()
 
 
-def _spawn(module: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def _spawn(module: str, env: dict[str, str], log_path: Path,
+           logs_of: dict[int, Path]) -> subprocess.Popen[bytes]:
     out = log_path.open("ab")
-    return subprocess.Popen([sys.executable, "-m", module], env=env, stdout=out,
+    proc = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
+    logs_of[proc.pid] = log_path
+    return proc
+
+
+def _report_exit(proc: subprocess.Popen[bytes], logs_of: dict[int, Path], when: str) -> None:
+    """Logs which child exited and the end of its log, so the cause is on screen."""
+    path = logs_of[proc.pid]
+    log.error("%s exited with code %s %s; the end of %s:\n%s", proc.args[-1], proc.returncode,
+              when, path, _log_tail(path))
 
 
 def _stop(procs: list[subprocess.Popen[bytes]], timeout_s: float = 40.0) -> None:
@@ -197,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         broker = LocalBroker(port=args.broker_port, log_file=state / "broker.log").start()
         bootstrap = broker.bootstrap
     procs: list[subprocess.Popen[bytes]] = []
+    logs_of: dict[int, Path] = {}
     stopping = False
 
     def request_stop(*_: object) -> None:
@@ -218,21 +247,25 @@ def main(argv: list[str] | None = None) -> int:
                "PERSONALIZE_TRAINER_ADAPTER_STORE": args.adapter_store}
         for i in range(args.replicas):
             procs.append(_spawn("services.server.main", {**env, **replica_env(args, i)},
-                                state / f"server{_suffix(i)}.log"))
+                                state / f"server{_suffix(i)}.log", logs_of))
         trainers = 0 if args.no_trainer or \
             importlib.util.find_spec("trainer.loop.service") is None else args.trainers
         for j in range(trainers):
             procs.append(_spawn("trainer.loop.service", {**env, **trainer_env(args, j, env)},
-                                state / f"trainer{_suffix(j)}.log"))
+                                state / f"trainer{_suffix(j)}.log", logs_of))
         for i in range(args.replicas):
-            if not wait_serving(f"{args.host}:{args.port + i}", procs, args.ready_timeout,
-                                lambda: stopping):
-                return 130  # Ctrl-C during start-up: the children are stopped below
+            try:
+                if not wait_serving(f"{args.host}:{args.port + i}", procs, args.ready_timeout,
+                                    lambda: stopping):
+                    return 130  # Ctrl-C during start-up: the children are stopped below
+            except ChildExited as exc:
+                _report_exit(exc.proc, logs_of, "during start-up")
+                return 1
         print(_banner(args, trainers, bootstrap, broker is not None, state), flush=True)
         while not stopping:
             dead = [p for p in procs if p.poll() is not None]
             if dead:
-                log.error("a child process exited (code %s); stopping", dead[0].returncode)
+                _report_exit(dead[0], logs_of, "while serving; stopping the stack")
                 return 1
             time.sleep(0.5)
         return 0

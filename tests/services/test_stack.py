@@ -65,3 +65,18 @@ def test_stack_serves_and_stops_on_ctrl_c(tiny_model_dir: Path, tmp_path: Path) 
                 proc.wait(timeout=90)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def test_a_server_that_cannot_start_stops_the_stack_and_shows_why(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    out = subprocess.run(
+        [sys.executable, "-m", "services.devstack.stack", "--model", str(missing),
+         "--port", str(free_port()), "--metrics-port", str(free_port()),
+         "--broker-port", str(free_port()), "--http-port", str(free_port()),
+         "--adapter-store", str(tmp_path / "store"), "--state-dir", str(tmp_path / "state"),
+         "--no-trainer"], capture_output=True, text=True, timeout=240, check=False)
+    printed = out.stdout + out.stderr
+    assert out.returncode == 1, printed[-3000:]
+    assert "services.server.main exited with code 1 during start-up" in printed
+    assert str(tmp_path / "state" / "server.log") in printed
+    assert str(missing) in printed, "the end of the server's log, with the cause, is shown"
