@@ -121,6 +121,10 @@ class ServerConfig:
     seed) has one of them drawn from a comparison arm, the base model or the served
     adapter's parent version, instead of the user's adapter: online evaluation by
     the user's own rankings. Recorded on Kafka, never shown to the client. 0 disables."""
+    comparison_seed: int | None = None
+    """Seed of the draws that choose which calls carry a comparison arm, and which one:
+    None draws them from the OS; a seed makes a replica's sequence of draws repeatable
+    (a replay, a test)."""
     candidate_temperature_spread: float = 0.0
     """Diversified candidates: the width of the temperature range the candidates of a
     call for two or more are sampled across, centred on the requested temperature

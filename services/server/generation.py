@@ -83,7 +83,7 @@ class GenerationService:
         self._metrics = metrics
         self._replica = replica
         self._running = 0
-        self._rng = random.Random()
+        self._rng = random.Random(cfg.comparison_seed)
 
     @property
     def running(self) -> int:

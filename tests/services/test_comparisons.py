@@ -5,7 +5,6 @@ version), records the arm on Kafka, and shows the client nothing of it."""
 from __future__ import annotations
 
 import json
-import random
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -28,7 +27,8 @@ def arm_server(loop_thread, tiny_engine, broker, engine_config,  # type: ignore[
 
     kafka = isolated_kafka(broker.bootstrap, f"arms-{uuid.uuid4().hex[:6]}")
     cfg = make_server_config(tmp_path_factory.mktemp("arm-store"), broker.bootstrap,
-                             engine_config, kafka=kafka, comparison_rate=1.0)
+                             engine_config, kafka=kafka, comparison_rate=1.0,
+                             comparison_seed=1)
     srv = loop_thread.call(AssistantServer, cfg, tiny_engine)
     loop_thread.run(srv.start())
     yield srv
@@ -52,9 +52,8 @@ def test_ranking_records_an_arm_on_kafka(arm_server, arm_stub, tiny_model_dir: P
                 user_id, adapter, "tiny-llama")
     wait_for_version(arm_stub, user_id, "v2")
 
-    # the arms are a fair coin per call (tests/unit/test_arms.py checks the draw); a seeded
-    # coin here makes "both arms in 8 calls" certain instead of true 127 times in 128
-    arm_server.core.generation._rng = random.Random(1)
+    # the arms are a fair coin per call (tests/unit/test_arms.py checks the draw); the
+    # server's seeded coin makes "both arms in 8 calls" certain, not true 127 times in 128
     calls = [generate(arm_stub, user_id, f"question {i}", num_candidates=3, max_tokens=6,
                       temperature=1.0) for i in range(8)]
     one = generate(arm_stub, user_id, "single", max_tokens=4)
