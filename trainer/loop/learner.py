@@ -1,7 +1,8 @@
 """One user's training turn: preferences -> reward model -> PPO -> gate -> publish.
 
 Models load lazily on the first turn. The policy is the served base model plus
-the user's LoRA (loaded from the user's latest published adapter); PPO runs a
+the user's LoRA (loaded from the user's latest published adapter, or from the
+unpublished weights kept when the user was last evicted: ``trainer.loop.working``); PPO runs a
 bounded number of iterations per turn; the candidate is published only if it
 beats the adapter the user is served (training goes on from a refused
 candidate, but it is always compared with what is served) on the user's
@@ -45,6 +46,7 @@ from trainer.loop.gate import (
     verdict,
 )
 from trainer.loop.publish import Announce, Publisher
+from trainer.loop.working import WorkingCopies, differs, served_weights
 from trainer.metrics import TrainerMetrics
 from trainer.ppo.config import UserProgress
 from trainer.ppo.policies import PolicyPool
@@ -112,6 +114,10 @@ class Learner:
         # reuses the fitted heads and reports these accuracies)
         self._fits: dict[str, TrainMetrics] = {}
         self._ppo: PPOTrainer | None = None
+        # unpublished weights of evicted users (trainer.loop.working), and the store
+        # version each user resumed from a copy descends from (its gate baseline)
+        self._working = WorkingCopies(Path(cfg.state_dir) / "working-adapters")
+        self._resumed: dict[str, Path | None] = {}
 
     # -- lazily loaded models ---------------------------------------------------------------
     def _models(self) -> tuple[PersonalRewardModel, PPOTrainer]:
@@ -124,9 +130,20 @@ class Learner:
                 on_evict=lambda u: rm.save_user(u, self._head_file(u)))
             pool = PolicyPool.from_pretrained(self._cfg.policy_model, self._cfg.ppo,
                                               adapter_source=self._latest_adapter)
-            pool.add_evict_hook(self._drop_served)  # reloads the published
+            pool.add_evict_hook(self._on_evict)
             self._rm, self._ppo = rm, PPOTrainer(pool, self._cfg.ppo)
         return self._rm, self._ppo
+
+    def _on_evict(self, user_id: str) -> None:
+        """An evicted user's weights ahead of its served ones are kept on disk (the next
+        load resumes from them); otherwise the next load is its latest version."""
+        assert self._ppo is not None
+        served = self._served.get(user_id)
+        if served is not None and differs(self._ppo.pool, user_id, served):
+            self._working.save(self._ppo.pool, user_id, self._parents.get(user_id, ""))
+        elif user_id not in self._resumed:  # a copy it resumed from and did not train on
+            self._working.discard(user_id)   # stays valid
+        self._drop_served(user_id)
 
     def _drop_served(self, user_id: str) -> None:
         """Forget the user's gate baseline: its weights and their gate completions."""
@@ -144,9 +161,10 @@ class Learner:
         optimiser and progress. The shared reward model keeps no example of the user
         from now on; what its earlier steps learnt from the user is not unlearnt (it
         fades as it trains on the others; docs/operations.md)."""
-        for kept in (self._fits, self._parents):
+        for kept in (self._fits, self._parents, self._resumed):
             kept.pop(user_id, None)
         self._drop_served(user_id)
+        self._working.discard(user_id)
         self._shared.remove(user_id)
         self._head_file(user_id).unlink(missing_ok=True)
         if self._rm is not None:
@@ -156,10 +174,19 @@ class Learner:
             self._ppo.forget(user_id)
 
     def _latest_adapter(self, user_id: str) -> Path | None:
-        """The pool's adapter source: the user's latest version, recorded as the parent."""
+        """The pool's adapter source: the user's unpublished weights descending from its
+        latest version when it has them, else that version; the version is recorded as
+        the parent."""
         version = self._store.latest(user_id)
         self._parents[user_id] = version or ""
-        return self._store.version_dir(user_id, version) if version else None
+        published = self._store.version_dir(user_id, version) if version else None
+        working = self._working.source(user_id, version or "")
+        if working is None:
+            self._resumed.pop(user_id, None)
+            return published
+        self._resumed[user_id] = published
+        log.info("user %s: resuming unpublished weights from %s", user_id, working)
+        return working
 
     def _reload_if_superseded(self, ppo: PPOTrainer, user_id: str) -> None:
         """A user whose latest version is not the one this process's state descends from
@@ -173,6 +200,7 @@ class Learner:
         """Continue the user from its latest published version: its weights (when
         resident; otherwise they load on activation), progress and gate baseline."""
         self._drop_served(user_id)
+        self._working.discard(user_id)
         self._parents.pop(user_id, None)
         ppo.set_progress(user_id, UserProgress(steps=0, kl_coef=self._cfg.ppo.kl_coef))
         if user_id in ppo.pool.resident_users():  # replaced in place, no evict hooks
@@ -210,7 +238,11 @@ class Learner:
         self._reload_if_superseded(ppo, user_id)
         self._restore_progress(ppo, user_id)
         ppo.pool.activate(user_id)
-        served = self._served.setdefault(user_id, snapshot(ppo.pool, user_id))
+        served = self._served.get(user_id)
+        if served is None:  # the gate's baseline: the served version's weights
+            served = self._served[user_id] = (
+                served_weights(ppo.pool, user_id, self._resumed.pop(user_id))
+                if user_id in self._resumed else snapshot(ppo.pool, user_id))
         ran = self._ppo_iterations(ppo, user_id, ex.train_prompts, reward_fn, should_stop)
         if ran is None:
             return TurnResult(user_id, "interrupted", interrupted=True)
@@ -234,6 +266,7 @@ class Learner:
                          ppo_stop=stop, ppo_total_steps=ppo.progress(user_id).steps)
         if result.published_version:
             self._served[user_id] = candidate
+            self._working.discard(user_id)
             self._parents[user_id] = result.published_version
         self._metrics.turn_seconds.observe(time.perf_counter() - start)
         self._metrics.adapters_in_memory.set(len(ppo.pool.resident_users()))

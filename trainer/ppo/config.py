@@ -80,9 +80,10 @@ class PPOConfig:
     max_resident_users: int = 16
     """Adapters kept in memory on the shared base model; the least recently used goes first.
     Each costs its LoRA weights, their gradients and AdamW state, and a value head: ~10 MB
-    with SmolLM2-135M and the default LoRA. An evicted user is reloaded from its latest
-    published version, so what it trained since (a refused candidate) and its optimiser
-    state are lost: keep this at least the number of users a trainer trains in turn."""
+    with SmolLM2-135M and the default LoRA. An evicted user's weights ahead of its served
+    version are written to the trainer's state directory and resumed at its next load
+    (``trainer.loop.working``), but its AdamW state is lost and the load costs time:
+    keep this at least the number of users a trainer trains in turn where memory allows."""
     seed: int = 0
     """Seed of sampling and minibatch order (mixed with the user id and step)."""
     device: str = "cpu"
