@@ -63,6 +63,16 @@ def question(prompt: str) -> str:
     return prompt.rsplit("user: ", 1)[-1]
 
 
+def label_agreement(pref: Preference, pairs: list[PairExample]) -> tuple[int, int]:
+    """(agreeing, decided): of the recorded pairs the user's noise-free preference decides,
+    how many the user's noisy choices ordered its way. Below 1 the labels the reward model
+    learns from contradict the preference on the rest (small score differences drown in
+    the labeler's noise)."""
+    oriented = decided(pref, pairs, question)
+    recorded_ids = {id(q) for q in pairs}  # decided() flips a pair into a new one
+    return sum(id(d) in recorded_ids for d in oriented), len(oriented)
+
+
 def replay_fold(pair: PairExample, folds: int) -> int:
     """The fold of the pair's prompt (a ranking's pairs share it)."""
     return stable_hash("replay", pair.user_id, pair.prompt) % folds
@@ -115,8 +125,12 @@ def main() -> None:
     results = {s: cross_validate(s, data, prefs, args.folds, encoders) for s in settings}
     rows, payload = [], {}
     for user in data:
+        agreeing, n_decided = label_agreement(prefs[user], data[user])
         row: list[Any] = [user, prefs[user].name, len(data[user]),
-                          len(results[settings[0]][user])]
+                          len(results[settings[0]][user]),
+                          f"{agreeing / max(n_decided, 1):.2f} ({agreeing}/{n_decided})"]
+        payload.setdefault("label_agreement", {})[user] = {"agreeing": agreeing,
+                                                           "decided": n_decided}
         for s in settings:
             hits = results[s][user]
             low, high = wilson(sum(hits), len(hits))
@@ -126,9 +140,10 @@ def main() -> None:
         rows.append(row)
     means = {s: statistics.mean(payload[s][u]["accuracy"] for u in data) for s in settings}
     rows.append(["mean", "", sum(len(v) for v in data.values()),
-                 sum(len(v) for v in results[settings[0]].values())]
+                 sum(len(v) for v in results[settings[0]].values()), ""]
                 + [f"{means[s]:.3f}" for s in settings])
-    print(table(["user", "preference", "pairs", "decided pairs", *settings], rows))
+    print(table(["user", "preference", "pairs", "decided pairs", "labels agree", *settings],
+                rows))
     diffs = []
     for s in settings[1:]:
         ours = [float(x) for u in data for x in results[s][u]]
