@@ -91,9 +91,13 @@ class ChildExited(RuntimeError):
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
-        module = proc.args[-1] if isinstance(proc.args, list) else proc.args
-        super().__init__(f"{module} (pid {proc.pid}) exited with code {proc.returncode} "
-                         "during start-up")
+        super().__init__(f"{_module(proc)} (pid {proc.pid}) exited with code "
+                         f"{proc.returncode} during start-up")
+
+
+def _module(proc: subprocess.Popen[bytes]) -> str:
+    """The module a child runs (``python -m <module>``)."""
+    return str(proc.args[-1] if isinstance(proc.args, list) else proc.args)
 
 
 def _log_tail(path: Path, lines: int = 25) -> str:
@@ -161,7 +165,7 @@ def _spawn(module: str, env: dict[str, str], log_path: Path,
 def _report_exit(proc: subprocess.Popen[bytes], logs_of: dict[int, Path], when: str) -> None:
     """Logs which child exited and the end of its log, so the cause is on screen."""
     path = logs_of[proc.pid]
-    log.error("%s exited with code %s %s; the end of %s:\n%s", proc.args[-1], proc.returncode,
+    log.error("%s exited with code %s %s; the end of %s:\n%s", _module(proc), proc.returncode,
               when, path, _log_tail(path))
 
 

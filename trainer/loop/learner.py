@@ -141,8 +141,8 @@ class Learner:
         served = self._served.get(user_id)
         if served is not None and differs(self._ppo.pool, user_id, served):
             self._working.save(self._ppo.pool, user_id, self._parents.get(user_id, ""))
-        elif user_id not in self._resumed:  # a copy it resumed from and did not train on
-            self._working.discard(user_id)   # stays valid
+        elif user_id not in self._resumed:  # (a copy it was loaded from, with no turn
+            self._working.discard(user_id)   # since, stays: it is still the user's state)
         self._drop_served(user_id)
 
     def _drop_served(self, user_id: str) -> None:

@@ -23,15 +23,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from trainer.loop.gate import Snapshot
 from trainer.ppo.policies import ADAPTER_WEIGHTS, PolicyPool
 
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "parent"
 """The store version (empty: none) a working copy's weights descend from."""
-
-Snapshot = dict[str, torch.Tensor]
-
 
 class WorkingCopies:
     """One directory per user under ``root``; each write replaces the user's copy whole."""
