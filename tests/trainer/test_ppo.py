@@ -140,6 +140,45 @@ def test_ppo_raises_the_reward_and_moves_only_that_users_weights(tiny_model_dir:
     assert any("lora_B" in n for n in moved) and any("lora_A" in n for n in moved)
 
 
+def test_rloo_raises_the_reward_without_training_the_value_head(tiny_model_dir: Path) -> None:
+    config = dataclasses.replace(FAST, batch_size=16, mini_batch_size=8, ppo_epochs=2,
+                                 max_new_tokens=8, seed=1, advantage="rloo",
+                                 samples_per_prompt=4)
+    pool = make_pool(tiny_model_dir, config)
+    trainer = PPOTrainer(pool, config)
+    seen: list[list[str]] = []
+
+    def reward(prompts: list[str], completions: list[str]) -> torch.Tensor:
+        seen.append(prompts)
+        return vowel_reward(prompts, completions)
+
+    pool.activate("alice")
+    before = adapter_weights(pool, "alice")
+    result = trainer.train_user("alice", PROMPTS, reward, steps=30)
+
+    scores = [m.score for m in result.history]
+    first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
+    assert last > first + 0.1, f"reward did not rise: {first:.3f} -> {last:.3f}"
+    # each rollout: 4 prompts, 4 consecutive samples of each
+    assert all(len(set(p[i : i + 4])) == 1 for p in seen for i in range(0, 16, 4))
+    assert all(len(set(p)) == 4 for p in seen)
+    after = adapter_weights(pool, "alice")
+    moved = {n for n in after if not torch.equal(after[n], before[n])}
+    assert not moved & {"value_head.weight", "value_head.bias"}
+    assert any("lora_B" in n for n in moved) and any("lora_A" in n for n in moved)
+    assert all(m.v_loss == 0.0 for m in result.history)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"advantage": "rloo"}, "samples_per_prompt >= 2"),
+    ({"samples_per_prompt": 3}, "must divide batch_size"),
+    ({"advantage": "vtrace"}, "'gae' or 'rloo'"),
+])
+def test_advantage_settings_are_checked(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(FAST, **changes)
+
+
 def test_stop_at_reward_threshold(tiny_model_dir: Path) -> None:
     config = dataclasses.replace(FAST, reward_threshold=0.25)
     trainer = PPOTrainer(make_pool(tiny_model_dir, config), config)

@@ -136,3 +136,24 @@ def test_approx_kl_and_adaptive_kl_coef() -> None:
     # KL twice the target: the error is clipped to +0.2, scaled by n_steps / horizon
     assert ppo_math.adaptive_kl_coef(0.1, 12.0, 6.0, 100, 1000) == pytest.approx(0.1 * 1.02)
     assert ppo_math.adaptive_kl_coef(0.1, 5.4, 6.0, 1000, 1000) == pytest.approx(0.1 * 0.9)
+
+
+def test_leave_one_out_advantages_match_a_plain_loop() -> None:
+    rewards = [0.5, 2.0, -1.0, 0.0, 3.0, 3.0, 1.0, -2.0]
+    got = ppo_math.leave_one_out_advantages(torch.tensor(rewards), group_size=4).tolist()
+    expected = []
+    for i, r in enumerate(rewards):
+        group = range(i // 4 * 4, i // 4 * 4 + 4)
+        others = [rewards[j] for j in group if j != i]
+        expected.append(r - sum(others) / len(others))
+    assert got == pytest.approx(expected)
+    # a prompt's own level is gone: shifting one group's rewards changes nothing
+    shifted = torch.tensor(rewards) + torch.tensor([10.0] * 4 + [0.0] * 4)
+    assert ppo_math.leave_one_out_advantages(shifted, 4).tolist() == pytest.approx(expected,
+                                                                              abs=1e-5)
+
+
+@pytest.mark.parametrize(("n", "k"), [(8, 1), (8, 3)])
+def test_leave_one_out_needs_whole_groups_of_two_or_more(n: int, k: int) -> None:
+    with pytest.raises(ValueError, match="groups"):
+        ppo_math.leave_one_out_advantages(torch.zeros(n), k)

@@ -14,6 +14,7 @@ RewardFn = Callable[[list[str], list[str]], Tensor]
 ``prompts`` are the chat-templated prompt texts the policy saw."""
 
 StopReason = Literal["threshold", "max_steps", "budget"]
+AdvantageEstimator = Literal["gae", "rloo"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,17 @@ class PPOConfig:
     weight_decay: float = 0.0
     """AdamW weight decay."""
     batch_size: int = 8
-    """Prompts (and so completions) per rollout, i.e. per PPO iteration."""
+    """Completions per rollout, i.e. per PPO iteration."""
+    samples_per_prompt: int = 1
+    """Completions sampled for each prompt of a rollout: a rollout covers
+    ``batch_size / samples_per_prompt`` distinct prompts."""
+    advantage: AdvantageEstimator = "gae"
+    """How a completion's advantage is estimated. "gae": per-token rewards (the KL penalty
+    at every token, the score at the last) against the user's value head, by generalised
+    advantage estimation. "rloo": the completion's score minus its summed KL penalty,
+    against the mean of the other completions of the same prompt (REINFORCE
+    leave-one-out), the same at every token; no value head is trained. Needs
+    ``samples_per_prompt`` >= 2."""
     mini_batch_size: int = 4
     """Sequences per gradient step inside a PPO epoch."""
     ppo_epochs: int = 2
@@ -101,6 +112,15 @@ class PPOConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"PPOConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.samples_per_prompt < 1 or self.batch_size % self.samples_per_prompt:
+            raise ValueError(f"PPOConfig.samples_per_prompt must divide batch_size "
+                             f"({self.batch_size}), got {self.samples_per_prompt}")
+        if self.advantage not in ("gae", "rloo"):
+            raise ValueError(f"PPOConfig.advantage must be 'gae' or 'rloo', got "
+                             f"{self.advantage!r}")
+        if self.advantage == "rloo" and self.samples_per_prompt < 2:
+            raise ValueError("PPOConfig.advantage 'rloo' needs samples_per_prompt >= 2 (the "
+                             "baseline is the other samples of the same prompt)")
         if self.mini_batch_size > self.batch_size:
             raise ValueError("PPOConfig.mini_batch_size must not exceed batch_size")
         if not 0.0 < self.top_p <= 1.0:

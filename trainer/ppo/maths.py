@@ -18,6 +18,7 @@ __all__ = [
     "clipped_value_loss",
     "entropy_from_logits",
     "gae",
+    "leave_one_out_advantages",
     "logprobs_from_logits",
     "masked_mean",
     "masked_var",
@@ -115,6 +116,22 @@ def gae(
         last_gae_lam = m * step_gae_lam + (1 - m) * last_gae_lam
     returns = (advantages + values) * mask
     return advantages, returns
+
+
+def leave_one_out_advantages(rewards: Tensor, group_size: int) -> Tensor:
+    """REINFORCE leave-one-out (RLOO, Kool et al. 2019; Ahmadian et al. 2024): each
+    sample's sequence reward minus the mean reward of the other samples of its prompt.
+
+    ``rewards`` (B,) holds B / ``group_size`` groups of ``group_size`` consecutive samples,
+    each group one prompt's. The baseline takes the prompt's own difficulty out of the
+    advantage without a learnt value function. (B,) -> (B,).
+    """
+    if group_size < 2 or rewards.shape[0] % group_size:
+        raise ValueError(f"leave-one-out needs groups of >= 2 samples dividing the batch, "
+                         f"got {rewards.shape[0]} rewards in groups of {group_size}")
+    grouped = rewards.reshape(-1, group_size)  # (B / k, k)
+    others = (grouped.sum(1, keepdim=True) - grouped) / (group_size - 1)  # (B / k, k)
+    return (grouped - others).reshape(-1)  # (B,)
 
 
 def clipped_pg_loss(

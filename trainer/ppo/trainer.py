@@ -5,11 +5,15 @@ reference = the same model with the adapter disabled; value = a per-user linear
 head on the final hidden state. One iteration of :meth:`PPOTrainer.train_user`:
 
 1. rollout: sample completions for a batch of the user's chat prompts
+   (``samples_per_prompt`` of each)
 2. score them with the caller's ``reward_fn``
 3. evaluate: policy log-probs and values, reference log-probs (adapter off)
 4. stop if the mean score reached ``reward_threshold``
-5. rewards = -kl_coef * KL per token + score at the last token; GAE; whitening
-6. PPO epochs over minibatches: clipped surrogate + clipped value loss
+5. advantages, by ``advantage``:
+   "gae": rewards = -kl_coef * KL per token + score at the last token; GAE on the value head;
+   "rloo": reward = score - kl_coef * the sequence's KL, minus the mean of the other
+   samples of its prompt (REINFORCE leave-one-out), at every token; then whitening
+6. PPO epochs over minibatches: clipped surrogate (+ clipped value loss with GAE)
 7. adapt kl_coef toward ``target_kl`` (optional)
 """
 
@@ -131,13 +135,20 @@ class PPOTrainer:
     ) -> Experience:
         """Steps 1-3 of an iteration: rollout, scores, policy/reference evaluation."""
         cfg = self.config
-        resident = self.pool.activate(user_id)
-        batch = [prompts[(progress.steps * cfg.batch_size + i) % len(prompts)]
+        self.pool.activate(user_id)
+        k = cfg.samples_per_prompt
+        distinct = cfg.batch_size // k
+        # k consecutive rows per prompt: the groups leave_one_out_advantages expects
+        batch = [prompts[(progress.steps * distinct + i // k) % len(prompts)]
                  for i in range(cfg.batch_size)]
         return collect(self.pool.model, self.pool.tokenizer, self.generation, batch, reward_fn,
                        iteration_seed(cfg.seed, user_id, progress.steps), cfg.temperature,
-                       value_head=resident.value_head,
+                       value_head=self._value_head(user_id),
                        missing_eos_penalty=cfg.missing_eos_penalty)
+
+    def _value_head(self, user_id: str) -> nn.Linear | None:
+        """The user's value head where the advantage estimator learns one (GAE)."""
+        return self.pool.user(user_id).value_head if self.config.advantage == "gae" else None
 
     def _learn(self, user_id: str, exp: Experience, progress: UserProgress) -> PPOStepMetrics:
         """Steps 5-7 of an iteration: rewards, GAE, PPO epochs, KL controller."""
@@ -145,10 +156,19 @@ class PPOTrainer:
         assert exp.old is not None and exp.ref_logprobs is not None  # collected with evaluate
         mask = exp.rollout.response_mask.float()  # (B, R)
 
-        # 5. rewards with the KL penalty, advantages and returns by GAE
-        rewards = ppo_math.shaped_rewards(exp.scores, exp.old.logprobs, exp.ref_logprobs, mask,
-                                          progress.kl_coef)  # (B, R)
-        advantages, returns = ppo_math.gae(rewards, exp.old.values, mask, cfg.gamma, cfg.lam)
+        # 5. rewards with the KL penalty; advantages (and returns for the value head)
+        returns: Tensor | None = None
+        if cfg.advantage == "rloo":
+            kl_seq = (ppo_math.per_token_kl(exp.old.logprobs, exp.ref_logprobs) * mask).sum(1)
+            seq_rewards = exp.scores - progress.kl_coef * kl_seq  # (B,)
+            loo = ppo_math.leave_one_out_advantages(seq_rewards, cfg.samples_per_prompt)  # (B,)
+            advantages = loo[:, None] * mask  # (B, R) the same at every token
+        else:
+            assert exp.old.values is not None  # collected with the value head
+            rewards = ppo_math.shaped_rewards(exp.scores, exp.old.logprobs, exp.ref_logprobs,
+                                              mask, progress.kl_coef)  # (B, R)
+            advantages, returns = ppo_math.gae(rewards, exp.old.values, mask, cfg.gamma,
+                                               cfg.lam)
         if cfg.whiten_advantages:
             advantages = ppo_math.masked_whiten(advantages, mask)  # (B, R)
 
@@ -175,12 +195,13 @@ class PPOTrainer:
         rollout: Rollout,
         old: PolicyOutput,
         advantages: Tensor,
-        returns: Tensor,
+        returns: Tensor | None,
         seed: int,
     ) -> dict[str, float]:
-        """Clipped PPO updates of the user's LoRA and value head; mean losses over minibatches."""
+        """Clipped PPO updates of the user's LoRA (and value head, given ``returns``); mean
+        losses over minibatches."""
         cfg = self.config
-        model, head = self.pool.model, self.pool.user(user_id).value_head
+        model, head = self.pool.model, self._value_head(user_id)
         optimizer = self._optimizer(user_id)
         params = self.pool.trainable_parameters(user_id)
         order = torch.Generator().manual_seed(seed)
@@ -195,8 +216,11 @@ class PPOTrainer:
                 new = policy_forward(model, head, select(rollout, mb), cfg.temperature)
                 pg_loss, clipfrac = ppo_math.clipped_pg_loss(
                     new.logprobs, old.logprobs[mb], advantages[mb], mb_mask, cfg.cliprange)
-                v_loss, _ = ppo_math.clipped_value_loss(
-                    new.values, old.values[mb], returns[mb], mb_mask, cfg.cliprange_value)
+                v_loss = torch.zeros(())
+                if returns is not None:
+                    assert new.values is not None and old.values is not None
+                    v_loss, _ = ppo_math.clipped_value_loss(
+                        new.values, old.values[mb], returns[mb], mb_mask, cfg.cliprange_value)
                 loss = pg_loss + cfg.vf_coef * v_loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -1,0 +1,222 @@
+"""PPO's advantage estimator: how far the same number of iterations moves a user's policy.
+
+    python -m bench.advantage                       # SmolLM2-135M, about 30 min on 2 cores
+    python -m bench.advantage --model .cache/test-models/tiny-llama --iterations 2 \
+        --preferences formal,warm --eval-seeds 1    # quick
+
+Each setting of ``--settings`` (``estimator:samples_per_prompt``) trains a fresh
+per-user LoRA with the product's PPO (``trainer.ppo``, its defaults otherwise) for
+``--iterations`` iterations against one hidden preference of ``demo.preferences`` used
+as the reward (its noise-free score: a perfect reward model, so that only the policy
+update differs). Every setting samples the same number of completions per iteration
+(``batch_size``) of the same length and trains the same LoRA; with more samples per
+prompt a rollout covers fewer distinct prompts.
+
+After training, the adapter and the base model (adapter off) answer each held-out
+prompt of ``demo.prompts`` (never trained on) with ``--eval-seeds`` seeds, the same
+seed for both; the preference judges each pair (win, tie or loss), as in
+``bench.learning``. Per family: the win rate vs base with its 95% Wilson interval and
+the number of comparisons, and the mean score gain over base. The settings run
+interleaved (the order alternates from one family to the next) and ``--repeats`` times
+with different seeds; the paired difference of each setting from the first, over the
+(family, repeat) units, has a t interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import DEFAULT_MODEL, paired_difference, settle, table, write_result
+from demo.preferences import PREFERENCES, Preference, win
+from demo.prompts import eval_prompts, feedback_prompts
+from demo.stats import Tally, fmt_rate
+from trainer.data.chat import ChatMessages
+from trainer.ppo.config import PPOConfig, RewardFn
+from trainer.ppo.policies import PolicyPool
+from trainer.ppo.rollout import sample_rollout
+from trainer.ppo.trainer import PPOTrainer
+
+EVAL_SEED = 7_000
+
+
+@dataclass(frozen=True)
+class Setting:
+    advantage: str
+    samples_per_prompt: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.advantage}:{self.samples_per_prompt}"
+
+
+def chat(question: str) -> ChatMessages:
+    return [{"role": "user", "content": question}]
+
+
+def question_of(prompt: str, questions: Sequence[str]) -> str:
+    """The question a chat-templated prompt text asks."""
+    found = [q for q in questions if q in prompt]
+    if len(found) != 1:
+        raise ValueError(f"cannot tell which question {prompt!r} asks")
+    return found[0]
+
+
+def oracle(preference: Preference, questions: Sequence[str]) -> RewardFn:
+    """The reward: the preference's noise-free score of each completion."""
+    def reward(prompts: list[str], completions: list[str]) -> torch.Tensor:
+        return torch.tensor([preference.score(question_of(p, questions), c)
+                             for p, c in zip(prompts, completions, strict=True)])
+    return reward
+
+
+def answers(pool: PolicyPool, trainer: PPOTrainer, seeds: int, adapter: bool) -> list[str]:
+    """Every held-out prompt's answer under each seed: the active adapter's, or the base
+    model's with ``adapter`` False. Ordered seed-major."""
+    prompts = [chat(q) for q in eval_prompts()]
+    out: list[str] = []
+    for s in range(seeds):
+        with torch.no_grad():
+            if adapter:
+                rollout = sample_rollout(pool.model, pool.tokenizer, prompts, trainer.generation,
+                                         EVAL_SEED + s)
+            else:
+                with pool.model.disable_adapter():
+                    rollout = sample_rollout(pool.model, pool.tokenizer, prompts,
+                                             trainer.generation, EVAL_SEED + s)
+        out.extend(rollout.completions)
+    return out
+
+
+def judge(preference: Preference, adapted: list[str], base: list[str]) -> dict[str, Any]:
+    questions = list(eval_prompts()) * (len(base) // len(eval_prompts()))
+    tally = Tally()
+    gains = []
+    for q, a, b in zip(questions, adapted, base, strict=True):
+        tally = tally.add(win(preference, q, a, b))
+        gains.append(preference.score(q, a) - preference.score(q, b))
+    return {"tally": tally.as_dict(), "rate": tally.rate, "score_gain": statistics.fmean(gains),
+            "text": fmt_rate(tally)}
+
+
+def run_one(pool: PolicyPool, base_config: PPOConfig, setting: Setting, preference: Preference,
+            repeat: int, iterations: int, base: list[str], seeds: int) -> dict[str, Any]:
+    config = replace(base_config, advantage=setting.advantage,  # type: ignore[arg-type]
+                     samples_per_prompt=setting.samples_per_prompt, seed=repeat)
+    trainer = PPOTrainer(pool, config)
+    user = f"{setting.name}/{preference.name}/{repeat}"
+    questions = list(feedback_prompts())
+    started = time.perf_counter()
+    result = trainer.train_user(user, [chat(q) for q in questions],
+                                oracle(preference, questions), steps=iterations)
+    train_s = time.perf_counter() - started
+    adapted = answers(pool, trainer, seeds, adapter=True)
+    trainer.forget(user)
+    row = {"setting": setting.name, "preference": preference.name, "repeat": repeat,
+           "train_s": train_s, "iteration_s": train_s / max(result.steps, 1),
+           "first_scores": [m.score for m in result.history[:2]],
+           "last_scores": [m.score for m in result.history[-2:]],
+           "kl": result.kl, **judge(preference, adapted, base)}
+    print(f"  {setting.name:8} {preference.name:14} repeat {repeat}: {row['text']}, "
+          f"score gain {row['score_gain']:+.3f}, {row['iteration_s']:.1f} s/iteration",
+          flush=True)
+    return row
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--settings", default="gae:1,rloo:4",
+                        help="estimator:samples_per_prompt, comma-separated; the first is "
+                             "the one the others are compared with")
+    parser.add_argument("--preferences",
+                        default="formal,examples,warm,hedged,technical,second_person")
+    parser.add_argument("--iterations", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--eval-seeds", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None,
+                        help="where to write the result (default bench/results/advantage.json)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    settings = [Setting(name.split(":")[0], int(name.split(":")[1]))
+                for name in args.settings.split(",")]
+    preferences = [PREFERENCES[name] for name in args.preferences.split(",")]
+    base_config = PPOConfig(max_resident_users=2)
+    settle()
+    pool = PolicyPool.from_pretrained(args.model, base_config)
+    base_trainer = PPOTrainer(pool, base_config)
+    pool.activate("base")  # wraps the model in PEFT, so that its adapter can be turned off
+    base = answers(pool, base_trainer, args.eval_seeds, adapter=False)
+    base_trainer.forget("base")
+    rows: list[dict[str, Any]] = []
+    for repeat in range(args.repeats):
+        for i, preference in enumerate(preferences):
+            order = settings if (i + repeat) % 2 == 0 else settings[::-1]
+            for setting in order:
+                rows.append(run_one(pool, base_config, setting, preference, repeat,
+                                    args.iterations, base, args.eval_seeds))
+    summary = summarise(rows, settings, preferences, args.repeats)
+    print(report(rows, summary, settings, preferences))
+    write_result("advantage", vars(args) | {"ppo": base_config.__dict__},
+                 {"rows": rows, "summary": summary}, out=args.json)
+
+
+def summarise(rows: list[dict[str, Any]], settings: list[Setting],
+              preferences: list[Preference], repeats: int) -> dict[str, Any]:
+    def values(setting: Setting, key: str) -> list[float]:
+        return [r[key] for p in preferences for k in range(repeats) for r in rows
+                if (r["setting"], r["preference"], r["repeat"]) == (setting.name, p.name, k)]
+
+    first = settings[0]
+    out: dict[str, Any] = {}
+    for s in settings:
+        out[s.name] = {"mean_win": statistics.fmean(values(s, "rate")),
+                       "mean_score_gain": statistics.fmean(values(s, "score_gain")),
+                       "iteration_s": statistics.median(values(s, "iteration_s"))}
+        if s != first:
+            out[s.name]["win_vs_first"] = paired_difference(values(s, "rate"),
+                                                            values(first, "rate"))
+            out[s.name]["gain_vs_first"] = paired_difference(values(s, "score_gain"),
+                                                             values(first, "score_gain"))
+    return out
+
+
+def report(rows: list[dict[str, Any]], summary: dict[str, Any], settings: list[Setting],
+           preferences: list[Preference]) -> str:
+    lines = []
+    for p in preferences:
+        cells = [p.name]
+        for s in settings:
+            mine = [r for r in rows if (r["setting"], r["preference"]) == (s.name, p.name)]
+            cells.append("; ".join(f"{r['text']} ({r['score_gain']:+.2f})" for r in mine))
+        lines.append(cells)
+    headers = ["preference"] + [f"{s.name}: win vs base (score gain)" for s in settings]
+    out = [table(headers, lines), ""]
+    for s in settings:
+        row = summary[s.name]
+        text = (f"{s.name}: mean win {row['mean_win']:.1%}, mean score gain "
+                f"{row['mean_score_gain']:+.3f}, {row['iteration_s']:.1f} s per iteration")
+        if "win_vs_first" in row:
+            w, g = row["win_vs_first"], row["gain_vs_first"]
+            text += (f"; vs {settings[0].name}: win {w['mean']:+.1%} "
+                     f"[{w['mean_low']:+.1%}, {w['mean_high']:+.1%}], score gain "
+                     f"{g['mean']:+.3f} [{g['mean_low']:+.3f}, {g['mean_high']:+.3f}] "
+                     f"(n = {int(w['n'])} family runs)")
+        out.append(text)
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
