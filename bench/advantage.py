@@ -108,7 +108,7 @@ def judge(preference: Preference, adapted: list[str], base: list[str]) -> dict[s
 
 def run_one(pool: PolicyPool, base_config: PPOConfig, setting: Setting, preference: Preference,
             repeat: int, iterations: int, base: list[str], seeds: int) -> dict[str, Any]:
-    config = replace(base_config, advantage=setting.advantage,  # type: ignore[arg-type]
+    config = replace(base_config, advantage=setting.advantage,
                      samples_per_prompt=setting.samples_per_prompt, seed=repeat)
     trainer = PPOTrainer(pool, config)
     user = f"{setting.name}/{preference.name}/{repeat}"

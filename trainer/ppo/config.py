@@ -14,7 +14,6 @@ RewardFn = Callable[[list[str], list[str]], Tensor]
 ``prompts`` are the chat-templated prompt texts the policy saw."""
 
 StopReason = Literal["threshold", "max_steps", "budget"]
-AdvantageEstimator = Literal["gae", "rloo"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,7 @@ class PPOConfig:
     samples_per_prompt: int = 1
     """Completions sampled for each prompt of a rollout: a rollout covers
     ``batch_size / samples_per_prompt`` distinct prompts."""
-    advantage: AdvantageEstimator = "gae"
+    advantage: str = "gae"
     """How a completion's advantage is estimated. "gae": per-token rewards (the KL penalty
     at every token, the score at the last) against the user's value head, by generalised
     advantage estimation. "rloo": the completion's score minus its summed KL penalty,
