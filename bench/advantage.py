@@ -3,6 +3,7 @@
     python -m bench.advantage                       # SmolLM2-135M, about 30 min on 2 cores
     python -m bench.advantage --model .cache/test-models/tiny-llama --iterations 2 \
         --preferences formal,warm --eval-seeds 1    # quick
+    python -m bench.advantage --combine a.json b.json   # pool two runs' seeds
 
 Each setting of ``--settings`` (``estimator:samples_per_prompt``) trains a fresh
 per-user LoRA with the product's PPO (``trainer.ppo``, its defaults otherwise) for
@@ -17,14 +18,16 @@ prompt of ``demo.prompts`` (never trained on) with ``--eval-seeds`` seeds, the s
 seed for both; the preference judges each pair (win, tie or loss), as in
 ``bench.learning``. Per family: the win rate vs base with its 95% Wilson interval and
 the number of comparisons, and the mean score gain over base. The settings run
-interleaved (the order alternates from one family to the next) and ``--repeats`` times
-with different seeds; the paired difference of each setting from the first, over the
-(family, repeat) units, has a t interval.
+interleaved (the order alternates from one family to the next), once per PPO seed of
+``--seeds``; the paired difference of each setting from the first, over the (family,
+seed) units, has a t interval. ``--combine`` pools the rows of several result files
+(runs of other seeds) into one report.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Sequence
@@ -107,24 +110,24 @@ def judge(preference: Preference, adapted: list[str], base: list[str]) -> dict[s
 
 
 def run_one(pool: PolicyPool, base_config: PPOConfig, setting: Setting, preference: Preference,
-            repeat: int, iterations: int, base: list[str], seeds: int) -> dict[str, Any]:
+            seed: int, iterations: int, base: list[str], eval_seeds: int) -> dict[str, Any]:
     config = replace(base_config, advantage=setting.advantage,
-                     samples_per_prompt=setting.samples_per_prompt, seed=repeat)
+                     samples_per_prompt=setting.samples_per_prompt, seed=seed)
     trainer = PPOTrainer(pool, config)
-    user = f"{setting.name}/{preference.name}/{repeat}"
+    user = f"{setting.name}/{preference.name}/{seed}"
     questions = list(feedback_prompts())
     started = time.perf_counter()
     result = trainer.train_user(user, [chat(q) for q in questions],
                                 oracle(preference, questions), steps=iterations)
     train_s = time.perf_counter() - started
-    adapted = answers(pool, trainer, seeds, adapter=True)
+    adapted = answers(pool, trainer, eval_seeds, adapter=True)
     trainer.forget(user)
-    row = {"setting": setting.name, "preference": preference.name, "repeat": repeat,
+    row = {"setting": setting.name, "preference": preference.name, "repeat": seed,  # the seed
            "train_s": train_s, "iteration_s": train_s / max(result.steps, 1),
            "first_scores": [m.score for m in result.history[:2]],
            "last_scores": [m.score for m in result.history[-2:]],
            "kl": result.kl, **judge(preference, adapted, base)}
-    print(f"  {setting.name:8} {preference.name:14} repeat {repeat}: {row['text']}, "
+    print(f"  {setting.name:8} {preference.name:14} seed {seed}: {row['text']}, "
           f"score gain {row['score_gain']:+.3f}, {row['iteration_s']:.1f} s/iteration",
           flush=True)
     return row
@@ -139,7 +142,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--preferences",
                         default="formal,examples,warm,hedged,technical,second_person")
     parser.add_argument("--iterations", type=int, default=12)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated PPO seeds: each repeats every family and setting")
+    parser.add_argument("--combine", type=Path, nargs="*", default=None,
+                        help="instead of running: pool the rows of these result files "
+                             "(same settings and preferences, other seeds) and report them")
     parser.add_argument("--eval-seeds", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None,
@@ -153,6 +160,10 @@ def main() -> None:
     settings = [Setting(name.split(":")[0], int(name.split(":")[1]))
                 for name in args.settings.split(",")]
     preferences = [PREFERENCES[name] for name in args.preferences.split(",")]
+    if args.combine:
+        rows = [row for path in args.combine for row in json.loads(path.read_text())["rows"]]
+        print(report(rows, summarise(rows, settings, preferences), settings, preferences))
+        return
     base_config = PPOConfig(max_resident_users=2)
     settle()
     pool = PolicyPool.from_pretrained(args.model, base_config)
@@ -161,22 +172,25 @@ def main() -> None:
     base = answers(pool, base_trainer, args.eval_seeds, adapter=False)
     base_trainer.forget("base")
     rows: list[dict[str, Any]] = []
-    for repeat in range(args.repeats):
+    for seed in (int(x) for x in args.seeds.split(",")):
         for i, preference in enumerate(preferences):
-            order = settings if (i + repeat) % 2 == 0 else settings[::-1]
+            order = settings if (i + seed) % 2 == 0 else settings[::-1]
             for setting in order:
-                rows.append(run_one(pool, base_config, setting, preference, repeat,
+                rows.append(run_one(pool, base_config, setting, preference, seed,
                                     args.iterations, base, args.eval_seeds))
-    summary = summarise(rows, settings, preferences, args.repeats)
+    summary = summarise(rows, settings, preferences)
     print(report(rows, summary, settings, preferences))
     write_result("advantage", vars(args) | {"ppo": base_config.__dict__},
                  {"rows": rows, "summary": summary}, out=args.json)
 
 
 def summarise(rows: list[dict[str, Any]], settings: list[Setting],
-              preferences: list[Preference], repeats: int) -> dict[str, Any]:
+              preferences: list[Preference]) -> dict[str, Any]:
+    seeds = sorted({r["repeat"] for r in rows})
+
     def values(setting: Setting, key: str) -> list[float]:
-        return [r[key] for p in preferences for k in range(repeats) for r in rows
+        """One value per (family, seed), in the same order for every setting."""
+        return [r[key] for p in preferences for k in seeds for r in rows
                 if (r["setting"], r["preference"], r["repeat"]) == (setting.name, p.name, k)]
 
     first = settings[0]

@@ -82,16 +82,17 @@ def cross_validate(setting: str, data: Data, prefs: dict[str, Preference], folds
                    encoders: dict[str, TextEncoder]) -> dict[str, list[bool]]:
     """Per user, whether the policy head ranked each decided held-out pair right (in one
     order: fold by fold, pairs in journal order). Every fold and setting that pools the
-    same depths shares one frozen encoder from ``encoders`` (and its cache)."""
+    same encoder and depths shares one frozen encoder from ``encoders`` (and its cache)."""
     cfg = replace(config(setting), heldout_fraction=0.0)  # the folds hold out instead
     if cfg.tuned_layers:  # trained top layers would carry one fold's training to the next
         raise SystemExit(f"setting {setting!r}: the replay needs a frozen encoder "
                          "(tuned_layers 0)")
-    if cfg.layer_pooling not in encoders:
-        encoders[cfg.layer_pooling] = PersonalRewardModel(cfg).encoder
+    key = f"{cfg.backbone}:{cfg.layer_pooling}"
+    if key not in encoders:
+        encoders[key] = PersonalRewardModel(cfg).encoder
     right: dict[str, list[bool]] = {u: [] for u in data}
     for f in range(folds):
-        rm = PersonalRewardModel(cfg, encoders[cfg.layer_pooling])
+        rm = PersonalRewardModel(cfg, encoders[key])
         train = {u: [p for p in ps if replay_fold(p, folds) != f] for u, ps in data.items()}
         everyone = [p for ps in train.values() for p in ps]
         for user in data:  # a turn of each user, as the learner runs them
