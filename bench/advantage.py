@@ -1,4 +1,5 @@
-"""PPO's advantage estimator: how far the same number of iterations moves a user's policy.
+"""How far PPO moves a user's policy in a fixed number of iterations: advantage estimators,
+against an exact reward or the reward model a recorded run's rankings fit.
 
     python -m bench.advantage                       # SmolLM2-135M, about 30 min on 2 cores
     python -m bench.advantage --model .cache/test-models/tiny-llama --iterations 2 \
@@ -9,9 +10,12 @@ Each setting of ``--settings`` (``estimator:samples_per_prompt``) trains a fresh
 per-user LoRA with the product's PPO (``trainer.ppo``, its defaults otherwise) for
 ``--iterations`` iterations against one hidden preference of ``demo.preferences`` used
 as the reward (its noise-free score: a perfect reward model, so that only the policy
-update differs). Every setting samples the same number of completions per iteration
-(``batch_size``) of the same length and trains the same LoRA; with more samples per
-prompt a rollout covers fewer distinct prompts.
+update differs), or, with ``--reward recorded:<run>``, against the personal reward model
+fitted on the rankings that a ``bench.learning`` run's user of that preference sent (the
+same policy update, the product's reward model: what the gap between the two costs).
+Every setting samples the same number of completions per iteration (``batch_size``) of
+the same length and trains the same LoRA; with more samples per prompt a rollout covers
+fewer distinct prompts.
 
 After training, the adapter and the base model (adapter off) answer each held-out
 prompt of ``demo.prompts`` (never trained on) with ``--eval-seeds`` seeds, the same
@@ -38,14 +42,17 @@ from typing import Any
 import torch
 
 from bench.common import DEFAULT_MODEL, paired_difference, settle, table, write_result
+from bench.reward_replay import recorded
 from demo.preferences import PREFERENCES, Preference, win
 from demo.prompts import eval_prompts, feedback_prompts
 from demo.stats import Tally, fmt_rate
-from trainer.data.chat import ChatMessages
+from trainer.data.chat import ChatMessages, prompt_text
 from trainer.ppo.config import PPOConfig, RewardFn
 from trainer.ppo.policies import PolicyPool
 from trainer.ppo.rollout import sample_rollout
 from trainer.ppo.trainer import PPOTrainer
+from trainer.reward.config import RewardModelConfig
+from trainer.reward.model import PersonalRewardModel
 
 EVAL_SEED = 7_000
 
@@ -54,10 +61,21 @@ EVAL_SEED = 7_000
 class Setting:
     advantage: str
     samples_per_prompt: int
+    reward: str = "oracle"
+    """What PPO optimised: "oracle", or "recorded" (a reward model fitted on a run's
+    rankings)."""
 
     @property
     def name(self) -> str:
-        return f"{self.advantage}:{self.samples_per_prompt}"
+        """``estimator:samples_per_prompt``, with ``@recorded`` for the fitted reward."""
+        suffix = "" if self.reward == "oracle" else f"@{self.reward}"
+        return f"{self.advantage}:{self.samples_per_prompt}{suffix}"
+
+    @classmethod
+    def parse(cls, name: str, reward: str = "oracle") -> Setting:
+        estimator, _, rest = name.partition(":")
+        samples, _, named_reward = rest.partition("@")
+        return cls(estimator, int(samples), named_reward or reward)
 
 
 def chat(question: str) -> ChatMessages:
@@ -78,6 +96,31 @@ def oracle(preference: Preference, questions: Sequence[str]) -> RewardFn:
         return torch.tensor([preference.score(question_of(p, questions), c)
                              for p, c in zip(prompts, completions, strict=True)])
     return reward
+
+
+def recorded_rewards(run: Path, preferences: Sequence[Preference],
+                     questions: Sequence[str]) -> dict[str, RewardFn]:
+    """Per preference, the policy head of the personal reward model (the product's
+    defaults) fitted on all the rankings that a ``bench.learning`` run's user with that
+    preference sent, as the learner fits it (the shared part, then the user's heads)."""
+    data, prefs = recorded(run)
+    users = {pref.name: user for user, pref in prefs.items()}
+    missing = [p.name for p in preferences if p.name not in users]
+    if missing:
+        raise SystemExit(f"{run} has no user who prefers {', '.join(missing)}")
+    rm = PersonalRewardModel(RewardModelConfig(heldout_fraction=0.0))
+    everyone = [pair for pairs in data.values() for pair in pairs]
+    for pref in preferences:
+        rm.train_shared(everyone)
+        rm.train_user(users[pref.name], data[users[pref.name]])
+
+    def reward(user: str) -> RewardFn:
+        def score(prompts: list[str], completions: list[str]) -> torch.Tensor:
+            texts = [prompt_text(chat(question_of(p, questions))) for p in prompts]
+            return rm.score(user, texts, completions)
+        return score
+
+    return {pref.name: reward(users[pref.name]) for pref in preferences}
 
 
 def answers(pool: PolicyPool, trainer: PPOTrainer, seeds: int, adapter: bool) -> list[str]:
@@ -110,15 +153,16 @@ def judge(preference: Preference, adapted: list[str], base: list[str]) -> dict[s
 
 
 def run_one(pool: PolicyPool, base_config: PPOConfig, setting: Setting, preference: Preference,
-            seed: int, iterations: int, base: list[str], eval_seeds: int) -> dict[str, Any]:
+            seed: int, iterations: int, base: list[str], eval_seeds: int,
+            reward_fn: RewardFn) -> dict[str, Any]:
     config = replace(base_config, advantage=setting.advantage,
                      samples_per_prompt=setting.samples_per_prompt, seed=seed)
     trainer = PPOTrainer(pool, config)
     user = f"{setting.name}/{preference.name}/{seed}"
     questions = list(feedback_prompts())
     started = time.perf_counter()
-    result = trainer.train_user(user, [chat(q) for q in questions],
-                                oracle(preference, questions), steps=iterations)
+    result = trainer.train_user(user, [chat(q) for q in questions], reward_fn,
+                                steps=iterations)
     train_s = time.perf_counter() - started
     adapted = answers(pool, trainer, eval_seeds, adapter=True)
     trainer.forget(user)
@@ -138,7 +182,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--settings", default="gae:1,rloo:4",
                         help="estimator:samples_per_prompt, comma-separated; the first is "
-                             "the one the others are compared with")
+                             "the one the others are compared with (with --combine, "
+                             "estimator:samples_per_prompt@recorded names a run's settings "
+                             "with the fitted reward)")
     parser.add_argument("--preferences",
                         default="formal,examples,warm,hedged,technical,second_person")
     parser.add_argument("--iterations", type=int, default=12)
@@ -148,6 +194,10 @@ def parse_args() -> argparse.Namespace:
                         help="instead of running: pool the rows of these result files "
                              "(same settings and preferences, other seeds) and report them")
     parser.add_argument("--eval-seeds", type=int, default=6)
+    parser.add_argument("--reward", default="oracle",
+                        help="what PPO optimises: 'oracle' (the preference's noise-free "
+                             "score) or 'recorded:<bench.learning run dir>' (a reward model "
+                             "fitted on that run's rankings by the user of each preference)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None,
                         help="where to write the result (default bench/results/advantage.json)")
@@ -157,14 +207,22 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    settings = [Setting(name.split(":")[0], int(name.split(":")[1]))
-                for name in args.settings.split(",")]
+    reward = "oracle" if args.reward == "oracle" else "recorded"
+    settings = [Setting.parse(name, reward) for name in args.settings.split(",")]
     preferences = [PREFERENCES[name] for name in args.preferences.split(",")]
     if args.combine:
         rows = [row for path in args.combine for row in json.loads(path.read_text())["rows"]]
         print(report(rows, summarise(rows, settings, preferences), settings, preferences))
         return
     base_config = PPOConfig(max_resident_users=2)
+    questions = list(feedback_prompts())
+    if args.reward == "oracle":
+        rewards = {p.name: oracle(p, questions) for p in preferences}
+    elif args.reward.startswith("recorded:"):
+        rewards = recorded_rewards(Path(args.reward.removeprefix("recorded:")), preferences,
+                                   questions)
+    else:
+        raise SystemExit(f"--reward {args.reward!r}: 'oracle' or 'recorded:<run dir>'")
     settle()
     pool = PolicyPool.from_pretrained(args.model, base_config)
     base_trainer = PPOTrainer(pool, base_config)
@@ -177,7 +235,8 @@ def main() -> None:
             order = settings if (i + seed) % 2 == 0 else settings[::-1]
             for setting in order:
                 rows.append(run_one(pool, base_config, setting, preference, seed,
-                                    args.iterations, base, args.eval_seeds))
+                                    args.iterations, base, args.eval_seeds,
+                                    rewards[preference.name]))
     summary = summarise(rows, settings, preferences)
     print(report(rows, summary, settings, preferences))
     write_result("advantage", vars(args) | {"ppo": base_config.__dict__},

@@ -1,0 +1,43 @@
+"""bench.advantage's bookkeeping: the oracle reward reads the question out of the
+chat-templated prompt, and settings are compared pair by pair over (family, seed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.advantage import Setting, oracle, question_of, summarise
+from demo.preferences import PREFERENCES
+
+QUESTIONS = ["How do I boil an egg?", "Why is the sky blue?"]
+
+
+def test_oracle_scores_each_completion_under_its_own_question() -> None:
+    formal = PREFERENCES["formal"]
+    prompts = [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n" for q in QUESTIONS]
+    answers = ["Certainly. Place the egg in boiling water.", "hey so it's kinda the light lol"]
+    got = oracle(formal, QUESTIONS)(prompts, answers).tolist()
+    assert got == pytest.approx([formal.score(q, a) for q, a in zip(QUESTIONS, answers)])
+    assert got[0] > got[1]
+    with pytest.raises(ValueError, match="which question"):
+        question_of("user: what is the time?", QUESTIONS)
+
+
+def test_settings_are_compared_on_matching_family_and_seed() -> None:
+    a, b = Setting("gae", 1), Setting("rloo", 4)
+    prefs = [PREFERENCES["formal"], PREFERENCES["warm"]]
+    rates = {("gae:1", "formal", 0): 0.6, ("gae:1", "warm", 0): 0.9,
+             ("gae:1", "formal", 1): 0.7, ("gae:1", "warm", 1): 0.5,
+             ("rloo:4", "formal", 0): 0.8, ("rloo:4", "warm", 0): 0.9,
+             ("rloo:4", "formal", 1): 0.9, ("rloo:4", "warm", 1): 0.5}
+    rows = [{"setting": s, "preference": p, "repeat": k, "rate": r, "score_gain": r,
+             "iteration_s": 1.0} for (s, p, k), r in reversed(rates.items())]
+    out = summarise(rows, [a, b], prefs)
+    assert out["gae:1"]["mean_win"] == pytest.approx(0.675)
+    diff = out["rloo:4"]["win_vs_first"]
+    assert diff["n"] == 4 and diff["mean"] == pytest.approx(0.1)  # (0.2 + 0 + 0.2 + 0) / 4
+
+
+def test_a_setting_names_its_reward_unless_it_is_the_oracle() -> None:
+    assert Setting.parse("rloo:4").name == "rloo:4"
+    assert Setting.parse("gae:1", reward="recorded").name == "gae:1@recorded"
+    assert Setting.parse("gae:1@recorded") == Setting("gae", 1, "recorded")
