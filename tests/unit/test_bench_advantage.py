@@ -16,7 +16,8 @@ def test_oracle_scores_each_completion_under_its_own_question() -> None:
     prompts = [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n" for q in QUESTIONS]
     answers = ["Certainly. Place the egg in boiling water.", "hey so it's kinda the light lol"]
     got = oracle(formal, QUESTIONS)(prompts, answers).tolist()
-    assert got == pytest.approx([formal.score(q, a) for q, a in zip(QUESTIONS, answers)])
+    expected = [formal.score(q, a) for q, a in zip(QUESTIONS, answers, strict=True)]
+    assert got == pytest.approx(expected)
     assert got[0] > got[1]
     with pytest.raises(ValueError, match="which question"):
         question_of("user: what is the time?", QUESTIONS)
