@@ -35,6 +35,7 @@ import json
 import statistics
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -43,9 +44,10 @@ import torch
 
 from bench.common import DEFAULT_MODEL, paired_difference, settle, table, write_result
 from bench.reward_replay import recorded
-from demo.preferences import PREFERENCES, Preference, win
+from demo.evaluation import Answers, compare
+from demo.preferences import PREFERENCES, Preference
 from demo.prompts import eval_prompts, feedback_prompts
-from demo.stats import Tally, fmt_rate
+from demo.stats import fmt_rate
 from trainer.data.chat import ChatMessages, prompt_text
 from trainer.ppo.config import PPOConfig, RewardFn
 from trainer.ppo.policies import PolicyPool
@@ -123,37 +125,31 @@ def recorded_rewards(run: Path, preferences: Sequence[Preference],
     return {pref.name: reward(users[pref.name]) for pref in preferences}
 
 
-def answers(pool: PolicyPool, trainer: PPOTrainer, seeds: int, adapter: bool) -> list[str]:
-    """Every held-out prompt's answer under each seed: the active adapter's, or the base
-    model's with ``adapter`` False. Ordered seed-major."""
-    prompts = [chat(q) for q in eval_prompts()]
-    out: list[str] = []
+def answers(pool: PolicyPool, trainer: PPOTrainer, seeds: int, adapter: bool) -> Answers:
+    """Every held-out prompt's answer under each seed, keyed (question, seed): the active
+    adapter's, or the base model's with ``adapter`` False."""
+    questions = eval_prompts()
+    out: dict[tuple[str, int], str] = {}
     for s in range(seeds):
-        with torch.no_grad():
-            if adapter:
-                rollout = sample_rollout(pool.model, pool.tokenizer, prompts, trainer.generation,
-                                         EVAL_SEED + s)
-            else:
-                with pool.model.disable_adapter():
-                    rollout = sample_rollout(pool.model, pool.tokenizer, prompts,
-                                             trainer.generation, EVAL_SEED + s)
-        out.extend(rollout.completions)
+        with torch.no_grad(), nullcontext() if adapter else pool.model.disable_adapter():
+            rollout = sample_rollout(pool.model, pool.tokenizer, [chat(q) for q in questions],
+                                     trainer.generation, EVAL_SEED + s)
+        out.update(((q, s), a) for q, a in zip(questions, rollout.completions, strict=True))
     return out
 
 
-def judge(preference: Preference, adapted: list[str], base: list[str]) -> dict[str, Any]:
-    questions = list(eval_prompts()) * (len(base) // len(eval_prompts()))
-    tally = Tally()
-    gains = []
-    for q, a, b in zip(questions, adapted, base, strict=True):
-        tally = tally.add(win(preference, q, a, b))
-        gains.append(preference.score(q, a) - preference.score(q, b))
+def judge(preference: Preference, adapted: Answers, base: Answers) -> dict[str, Any]:
+    """The adapter's answers against the base model's under ``preference``: the tally of
+    ``demo.evaluation.compare`` and the mean score gain, over the same keys."""
+    tally = compare(preference, adapted, base)
+    gains = [preference.score(q, adapted[q, s]) - preference.score(q, base[q, s])
+             for q, s in base.keys() & adapted.keys()]
     return {"tally": tally.as_dict(), "rate": tally.rate, "score_gain": statistics.fmean(gains),
             "text": fmt_rate(tally)}
 
 
 def run_one(pool: PolicyPool, base_config: PPOConfig, setting: Setting, preference: Preference,
-            seed: int, iterations: int, base: list[str], eval_seeds: int,
+            seed: int, iterations: int, base: Answers, eval_seeds: int,
             reward_fn: RewardFn) -> dict[str, Any]:
     config = replace(base_config, advantage=setting.advantage,
                      samples_per_prompt=setting.samples_per_prompt, seed=seed)
