@@ -15,12 +15,21 @@ accuracy on the held-out pairs the user's noise-free preference decides, with a 
 Wilson interval and their number; per setting, the paired difference from the first
 setting over the same pairs (a t interval; a ranking's pairs are not independent, so the
 interval is somewhat narrow).
+
+``--relabel all`` (or a comma-separated list of the library's preferences) asks the same
+of preferences nobody in the run held: for each one, a further user takes a recorded
+user's answer sets (the run's users in turn) and orders them anew by that preference,
+through a labeler with Gumbel noise ``--relabel-noise`` (each answer's noisy utility
+drawn once, so a ranking's pairs stay one consistent order). Those users train beside
+the recorded ones (their pairs reach the shared part too) and are judged the same way:
+the reward model on the answers SmolLM2 really gave, for every preference family at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +39,7 @@ import torch
 
 from bench.common import paired_difference, settle, table, write_result
 from bench.reward_model import config, decided
-from demo.preferences import PREFERENCES, Preference
+from demo.preferences import PREFERENCES, Labeler, Preference
 from demo.stats import wilson
 from services.contract.config import KafkaConfig
 from trainer.data.examples import build_examples
@@ -56,6 +65,39 @@ def recorded(run: Path) -> tuple[Data, dict[str, Preference]]:
     finally:
         journal.close()
     return data, users
+
+
+def relabelled(pref: Preference, user_id: str, pairs: list[PairExample], noise: float,
+               seed: int) -> list[PairExample]:
+    """``pairs``' answers ordered by ``pref`` as ``user_id`` would have: every (prompt,
+    answer) gets one utility, its score plus Gumbel noise of scale ``noise`` (seeded by
+    the texts), and each pair is oriented by the two utilities."""
+    labeler = Labeler(user_id, pref, noise)
+
+    def utility(prompt: str, answer: str) -> float:
+        rng = random.Random(stable_hash(str(seed), user_id, prompt, answer))
+        return labeler.utility(question(prompt), answer, rng)
+
+    out = []
+    for p in pairs:
+        a, b = utility(p.prompt, p.chosen), utility(p.prompt, p.rejected)
+        chosen, rejected = (p.chosen, p.rejected) if a >= b else (p.rejected, p.chosen)
+        out.append(PairExample(user_id, p.prompt, chosen, rejected))
+    return out
+
+
+def with_relabelled(data: Data, prefs: dict[str, Preference], names: list[str],
+                    noise: float, seed: int) -> tuple[Data, dict[str, Preference]]:
+    """``data`` and ``prefs`` with a user per preference in ``names``, named
+    ``<preference>@<source user>``, who ranks the recorded users' answers in turn."""
+    data, prefs = dict(data), dict(prefs)
+    sources = list(data)
+    for i, name in enumerate(names):
+        source = sources[i % len(sources)]
+        user = f"{name}@{source}"
+        data[user] = relabelled(PREFERENCES[name], user, data[source], noise, seed)
+        prefs[user] = PREFERENCES[name]
+    return data, prefs
 
 
 def question(prompt: str) -> str:
@@ -117,11 +159,23 @@ def main() -> None:
                    help="bench.reward_model settings compared side by side")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--relabel", default="",
+                   help="library preferences (or 'all') whose users rank the recorded answers")
+    p.add_argument("--relabel-noise", type=float, default=0.2)
+    p.add_argument("--relabel-seed", type=int, default=0)
     p.add_argument("--out", default="")
     args = p.parse_args()
     settle()
     torch.set_num_threads(args.threads)
     data, prefs = recorded(Path(args.run))
+    if args.relabel:
+        names = list(PREFERENCES) if args.relabel == "all" else args.relabel.split(",")
+        unknown = [n for n in names if n not in PREFERENCES]
+        if unknown:
+            raise SystemExit(f"--relabel: unknown preferences {unknown} (known: "
+                             f"{', '.join(PREFERENCES)})")
+        data, prefs = with_relabelled(data, prefs, names, args.relabel_noise,
+                                      args.relabel_seed)
     settings, encoders = args.settings.split(","), {}
     results = {s: cross_validate(s, data, prefs, args.folds, encoders) for s in settings}
     rows, payload = [], {}
@@ -139,10 +193,17 @@ def main() -> None:
             payload.setdefault(s, {})[user] = {"accuracy": sum(hits) / max(len(hits), 1),
                                                "low": low, "high": high, "n": len(hits)}
         rows.append(row)
-    means = {s: statistics.mean(payload[s][u]["accuracy"] for u in data) for s in settings}
-    rows.append(["mean", "", sum(len(v) for v in data.values()),
-                 sum(len(v) for v in results[settings[0]].values()), ""]
-                + [f"{means[s]:.3f}" for s in settings])
+    groups = {"mean": list(data)}
+    if args.relabel:
+        groups |= {"mean, recorded users": [u for u in data if "@" not in u],
+                   "mean, relabelled users": [u for u in data if "@" in u]}
+    means = {}
+    for label, users in groups.items():
+        means[label] = {s: statistics.mean(payload[s][u]["accuracy"] for u in users)
+                        for s in settings}
+        rows.append([label, "", sum(len(data[u]) for u in users),
+                     sum(len(results[settings[0]][u]) for u in users), ""]
+                    + [f"{means[label][s]:.3f}" for s in settings])
     print(table(["user", "preference", "pairs", "decided pairs", "labels agree", *settings],
                 rows))
     diffs = []
@@ -156,7 +217,8 @@ def main() -> None:
     if diffs:
         print(table([f"setting - {settings[0]}", "accuracy difference [95%]", "pairs"], diffs))
     write_result("reward_replay", vars(args) | {"users": {u: prefs[u].name for u in data}},
-                 {"results": payload, "means": means}, args.out or None)
+                 {"results": payload, "means": means["mean"], "group_means": means},
+                 args.out or None)
 
 
 if __name__ == "__main__":
