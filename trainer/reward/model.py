@@ -1,7 +1,8 @@
 """A personal reward model: a cross-encoder with trained top layers, a shared head, and two
 small heads per user.
 
-    e = [encoder(prompt, completion), lexical(completion)]   (F,) = (F_enc + D,)
+    e = [encoder(prompt, completion), lexical(completion), w * log(1 + len(completion))]
+                                                          (F,) = (F_enc + D + 1,)
     reward(user, ·) = shared_head(e) + policy_u(e)       what PPO optimises
     judge(user, ·)  = shared_head(e) + judge_u(e)        what the publish gate trusts
 
@@ -12,7 +13,9 @@ small heads per user.
    (F_enc = 7 x 384 for MiniLM), so a head can weigh word-level and meaning-level
    evidence. Beside them, the completion's hashed lexical features
    (``trainer.reward.lexical``: its words, word pairs and word shapes; D = ``lexical_dim``)
-   carry its exact wording.
+   carry its exact wording, and the log of its length in characters
+   (``length_weight`` w) how long it is: neither of the others says, and each head weighs
+   it as it weighs any other input.
 2. Shared head: ``nn.Linear(H, 1)``, the positive-class logit of a "preferred" classifier.
 3. Per-user heads (``UserHead``): two residuals of F + 1 floats, zero-initialised (a new
    user scores exactly like the shared model), L2-pulled toward zero (a Gaussian prior
@@ -101,8 +104,10 @@ class PersonalRewardModel:
             batch_size=config.encode_batch_size, cache_size=config.embedding_cache_size,
             tuned_layers=config.tuned_layers, state_cache_size=config.state_cache_size,
             layer_pooling=config.layer_pooling)
-        self.hidden_size = self.encoder.feature_size + config.lexical_dim
-        """Width of the heads' input e: the encoder's features, then the lexical ones."""
+        self.hidden_size = (self.encoder.feature_size + config.lexical_dim
+                            + (config.length_weight > 0))
+        """Width of the heads' input e: the encoder's features, the lexical ones, then the
+        completion's log length (where ``length_weight`` > 0)."""
         # the lexical block's norm relative to the encoder's (unit-norm depths, each)
         self._lexical_scale = config.lexical_weight * len(self.encoder.depths) ** 0.5
         self.shared_head = nn.Linear(self.hidden_size, 1).to(self.encoder.device)
@@ -259,7 +264,7 @@ class PersonalRewardModel:
                     grad: bool) -> Tensor:
         """The batch's loss, every example scored by the shared head plus its own head."""
         prompts, completions = _texts(batch)
-        e = self._with_lexical(self.encoder.embed(prompts, completions, grad=grad),
+        e = self._with_text_features(self.encoder.embed(prompts, completions, grad=grad),
                                completions)  # (2P + M, F)
         pairs = [x for x in batch if isinstance(x, PairExample)]
         owners = [*pairs, *pairs, *[x for x in batch if isinstance(x, ThumbExample)]]
@@ -285,14 +290,20 @@ class PersonalRewardModel:
     def head_inputs(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
         """The heads' input e (B, F) under the current encoder (no gradient; the encoder's
         part cached)."""
-        return self._with_lexical(self.encoder.embed(prompts, completions), completions)
+        return self._with_text_features(self.encoder.embed(prompts, completions), completions)
 
-    def _with_lexical(self, encoded: Tensor, completions: Sequence[str]) -> Tensor:
-        """(B, F_enc) encoder features -> (B, F) with the completions' lexical features."""
-        if not self.config.lexical_dim:
-            return encoded
-        lexical = lexical_features(completions, self.config.lexical_dim, encoded.device)
-        return torch.cat([encoded, self._lexical_scale * lexical.to(encoded.dtype)], dim=1)
+    def _with_text_features(self, encoded: Tensor, completions: Sequence[str]) -> Tensor:
+        """(B, F_enc) encoder features -> (B, F) with the completions' lexical features and
+        log length."""
+        blocks = [encoded]
+        if self.config.lexical_dim:
+            lexical = lexical_features(completions, self.config.lexical_dim, encoded.device)
+            blocks.append(self._lexical_scale * lexical.to(encoded.dtype))  # (B, D)
+        if self.config.length_weight > 0:
+            chars = torch.tensor([[float(len(c))] for c in completions],
+                                 device=encoded.device, dtype=encoded.dtype)  # (B, 1)
+            blocks.append(self.config.length_weight * torch.log1p(chars))
+        return torch.cat(blocks, dim=1) if len(blocks) > 1 else encoded
 
     def _score(self, head: UserHead | None, part: int, prompts: Sequence[str],
                completions: Sequence[str]) -> Tensor:
@@ -336,7 +347,8 @@ class PersonalRewardModel:
                 "tuned_layers": str(self.config.tuned_layers),
                 "layer_pooling": self.config.layer_pooling,
                 "lexical_dim": str(self.config.lexical_dim),
-                "lexical_weight": str(self.config.lexical_weight)}
+                "lexical_weight": str(self.config.lexical_weight),
+                "length_weight": str(self.config.length_weight)}
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path),
                   metadata=meta)
         return Path(path)
@@ -346,7 +358,7 @@ class PersonalRewardModel:
         depths and lexical features)."""
         state, meta = read_safetensors(path, SHARED_FORMAT)
         names = ("pooling", "normalize", "tuned_layers", "layer_pooling", "lexical_dim",
-                 "lexical_weight")
+                 "lexical_weight", "length_weight")
         settings = tuple(str(getattr(self.config, n)) for n in names)
         saved = tuple(meta.get(n) for n in names)
         if saved != settings:

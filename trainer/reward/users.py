@@ -1,13 +1,13 @@
 """Per-user reward heads: the tiny residuals each user adds to the shared reward, in an LRU.
 
 A ``UserHead`` holds two residuals of F + 1 floats each (the policy head PPO optimises and
-the judge head the publish gate trusts; 21,762 floats for MiniLM's 7 pooled depths and
-8,192 lexical buckets, ~87 KB as a safetensors file), so thousands of users fit in
-memory. ``UserHeadPool`` keeps at most ``max_resident`` of them: ``on_evict(user_id)``
-runs while the user is still resident (e.g. to ``save``), and ``user_source(user_id)``
-names a file written by ``save`` to reload on a miss, as in ``trainer.ppo.policies``. A
-file that does not fit (saved with other settings) is ignored with a warning: the head
-is retrained from the user's data on the next turn.
+the judge head the publish gate trusts; 21,764 floats for MiniLM's 7 pooled depths, 8,192
+lexical buckets and the length input, ~87 KB as a safetensors file), so thousands of
+users fit in memory. ``UserHeadPool`` keeps at most ``max_resident`` of them:
+``on_evict(user_id)`` runs while the user is still resident (e.g. to ``save``), and
+``user_source(user_id)`` names a file written by ``save`` to reload on a miss, as in
+``trainer.ppo.policies``. A file that does not fit (saved with other settings) is ignored
+with a warning: the head is retrained from the user's data on the next turn.
 """
 
 from __future__ import annotations
