@@ -98,7 +98,8 @@ def config(setting: str) -> RewardModelConfig:
     """The model of a ``tuned_layers:layer_pooling[:option...]`` setting; options: ``fixed``
     or ``cv`` (how a user head's L2 strength is set), ``policy-all`` or ``policy-half``
     (what the policy head trains on), ``lexical-<buckets>`` (the lexical features' width,
-    0: none), ``length-<weight>`` (the log-length input's scale, 0: none),
+    0: none), ``lexweight-<w>`` (their block's relative norm), ``l2-<x>`` (every user
+    head's L2 strength), ``length-<weight>`` (the log-length input's scale, 0: none),
     ``backbone=<dir>`` (another encoder); absent ones keep the config's default."""
     layers, pooling, *options = setting.split(":")
     cfg = RewardModelConfig(tuned_layers=int(layers), layer_pooling=pooling)
@@ -109,14 +110,18 @@ def config(setting: str) -> RewardModelConfig:
             cfg = replace(cfg, policy_head_data=option.removeprefix("policy-"))
         elif option.startswith("lexical-") and option.removeprefix("lexical-").isdigit():
             cfg = replace(cfg, lexical_dim=int(option.removeprefix("lexical-")))
+        elif option.startswith("l2-"):
+            cfg = replace(cfg, user_l2=float(option.removeprefix("l2-")), user_l2_grid=())
+        elif option.startswith("lexweight-"):
+            cfg = replace(cfg, lexical_weight=float(option.removeprefix("lexweight-")))
         elif option.startswith("length-"):
             cfg = replace(cfg, length_weight=float(option.removeprefix("length-")))
         elif option.startswith("backbone="):
             cfg = replace(cfg, backbone=option.removeprefix("backbone="))
         else:
             raise ValueError(f"setting {setting!r}: unknown option {option!r} (fixed, cv, "
-                             "policy-all, policy-half, lexical-<buckets>, length-<weight>, "
-                             "backbone=<dir>)")
+                             "policy-all, policy-half, lexical-<buckets>, lexweight-<w>, l2-<x>, "
+                             "length-<weight>, backbone=<dir>)")
     return cfg
 
 
