@@ -31,23 +31,18 @@ def brief_user(topics: list[str], offset: int) -> list[PairExample]:
     return pairs
 
 
-@pytest.fixture(scope="module")
-def encoder() -> TextEncoder:
-    return PersonalRewardModel(RewardModelConfig()).encoder  # MiniLM, every depth pooled
-
-
-def test_the_length_column_is_the_scaled_log_length(encoder: TextEncoder) -> None:
-    plain = PersonalRewardModel(RewardModelConfig(length_weight=0.0), encoder)
-    model = PersonalRewardModel(RewardModelConfig(length_weight=0.5), encoder)
+def test_the_length_column_is_the_scaled_log_length(minilm: TextEncoder) -> None:
+    plain = PersonalRewardModel(RewardModelConfig(length_weight=0.0), minilm)
+    model = PersonalRewardModel(RewardModelConfig(length_weight=0.5), minilm)
     assert model.hidden_size == plain.hidden_size + 1
     e = model.head_inputs(["p", "p"], ["", "four"])  # (2, F + 1)
     assert e[:, -1].tolist() == pytest.approx([0.0, 0.5 * math.log(5)])
     assert e[:, :-1].equal(plain.head_inputs(["p", "p"], ["", "four"]))
 
 
-def test_a_head_weighs_length_where_the_user_prefers_brevity(encoder: TextEncoder) -> None:
+def test_a_head_weighs_length_where_the_user_prefers_brevity(minilm: TextEncoder) -> None:
     cfg = RewardModelConfig(heldout_fraction=0.0, user_min_examples=4, length_weight=1.0)
-    model = PersonalRewardModel(cfg, encoder)
+    model = PersonalRewardModel(cfg, minilm)
     model.train_user("u", brief_user(TOPICS[:8], 0))
     assert model.pairwise_accuracy("u", brief_user(TOPICS[8:], 1)) == 1.0
     weight = model.users.state_dict("u")["weight"][0]  # the policy head (F + 1,)
@@ -55,10 +50,10 @@ def test_a_head_weighs_length_where_the_user_prefers_brevity(encoder: TextEncode
 
 
 def test_a_shared_file_refuses_a_model_with_another_length_weight(
-        encoder: TextEncoder, tmp_path: Path) -> None:
-    path = PersonalRewardModel(RewardModelConfig(length_weight=0.0), encoder).save_shared(
+        minilm: TextEncoder, tmp_path: Path) -> None:
+    path = PersonalRewardModel(RewardModelConfig(length_weight=0.0), minilm).save_shared(
         tmp_path / "s.st")
-    other = PersonalRewardModel(RewardModelConfig(length_weight=1.0), encoder)
+    other = PersonalRewardModel(RewardModelConfig(length_weight=1.0), minilm)
     with pytest.raises(ValueError, match="length_weight"):
         other.load_shared(path)
     with pytest.raises(ValueError, match="length_weight"):

@@ -58,21 +58,16 @@ def figures_user(seed: int, topics: list[str]) -> list[PairExample]:
     return pairs
 
 
-@pytest.fixture(scope="module")
-def encoder() -> TextEncoder:
-    return PersonalRewardModel(RewardModelConfig()).encoder  # MiniLM, every depth pooled
-
-
-def test_a_head_learns_a_preference_for_figures_from_their_shapes(encoder: TextEncoder) -> None:
+def test_a_head_learns_a_preference_for_figures_from_their_shapes(minilm: TextEncoder) -> None:
     """Trained on 8 topics with figures 10-99, ranked right on 8 other topics with other
     figures; the head leans on the lexical block more than on the encoder's."""
     cfg = RewardModelConfig(heldout_fraction=0.0, user_min_examples=4)
     train, held = figures_user(0, TOPICS[:8]), figures_user(1, TOPICS[8:])
-    model = PersonalRewardModel(cfg, encoder)
+    model = PersonalRewardModel(cfg, minilm)
     model.train_user("u", train)
     assert model.pairwise_accuracy("u", held) == 1.0
     weight = model.users.state_dict("u")["weight"][0]  # the policy head (F,)
-    lexical = weight[encoder.feature_size:]
-    assert lexical.norm() > weight[:encoder.feature_size].norm() > 0
+    lexical = weight[minilm.feature_size:]
+    assert lexical.norm() > weight[:minilm.feature_size].norm() > 0
     with pytest.raises(ValueError, match="lexical_dim"):
         replace(cfg, lexical_dim=-1)
