@@ -35,8 +35,8 @@ async function grpcMain(target, protoRoot, userId) {
   const pieces = [];
   let final = null;
   await new Promise((resolve, reject) => {
-    const call = client.Generate({ user_id: userId, max_tokens: 6,
-      messages: [{ role: "user", content: "hello from node" }] });
+    const call = client.Generate({ user_id: userId, max_tokens: 6, temperature: 0,
+      messages: [{ role: "user", content: "hello" }] });
     call.on("data", (m) => { pieces.push(m.text); if (m.finished) final = m; });
     call.on("error", reject);
     call.on("end", resolve);

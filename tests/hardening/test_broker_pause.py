@@ -60,7 +60,7 @@ def test_pause_and_recovery(servers, own_broker: LocalBroker, kafka, trainer,  #
                 timings["feedback"].append(time.monotonic() - start)
                 assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
                 start = time.monotonic()
-                out = generate(stub, user_id, max_tokens=4)
+                out = generate(stub, user_id, max_tokens=4, temperature=0.0)
                 timings["generate"].append(time.monotonic() - start)
                 assert out.finished[0].completion_tokens == 4
         finally:

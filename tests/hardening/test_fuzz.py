@@ -251,7 +251,8 @@ def test_server_healthy_after_fuzzing(secure_server, secure_channel, secure_stub
     reply = health_pb2_grpc.HealthStub(secure_channel).Check(
         health_pb2.HealthCheckRequest(service="personalize.v1.Assistant"), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    out = generate(secure_stub, USERS[0], metadata=tokens(USERS[0]), max_tokens=4)
+    out = generate(secure_stub, USERS[0], metadata=tokens(USERS[0]), max_tokens=4,
+                   temperature=0.0)
     assert out.finished[0].completion_tokens == 4
     for method in REQUEST_TYPES:
         for code in ("INTERNAL", "UNKNOWN"):

@@ -65,7 +65,8 @@ def test_stream_limit(servers, kafka, user_id: str) -> None:  # type: ignore[no-
             for call in held:
                 call.cancel()
             wait_idle(srv)
-            assert generate(stub, user_id, max_tokens=2).finished[0].completion_tokens == 2
+            assert generate(stub, user_id, max_tokens=2,
+                            temperature=0.0).finished[0].completion_tokens == 2
             refused = srv.metrics.requests.labels("Generate", "RESOURCE_EXHAUSTED",
                                                  "grpc")._value.get()
             assert refused == 1
