@@ -168,6 +168,7 @@ def main() -> None:
     settle()
     torch.set_num_threads(args.threads)
     data, prefs = recorded(Path(args.run))
+    recorded_users = list(data)
     if args.relabel:
         names = list(PREFERENCES) if args.relabel == "all" else args.relabel.split(",")
         unknown = [n for n in names if n not in PREFERENCES]
@@ -195,8 +196,8 @@ def main() -> None:
         rows.append(row)
     groups = {"mean": list(data)}
     if args.relabel:
-        groups |= {"mean, recorded users": [u for u in data if "@" not in u],
-                   "mean, relabelled users": [u for u in data if "@" in u]}
+        groups |= {"mean, recorded users": recorded_users,
+                   "mean, relabelled users": [u for u in data if u not in recorded_users]}
     means = {}
     for label, users in groups.items():
         means[label] = {s: statistics.mean(payload[s][u]["accuracy"] for u in users)

@@ -265,7 +265,7 @@ class PersonalRewardModel:
         """The batch's loss, every example scored by the shared head plus its own head."""
         prompts, completions = _texts(batch)
         e = self._with_text_features(self.encoder.embed(prompts, completions, grad=grad),
-                               completions)  # (2P + M, F)
+                                     completions)  # (2P + M, F)
         pairs = [x for x in batch if isinstance(x, PairExample)]
         owners = [*pairs, *pairs, *[x for x in batch if isinstance(x, ThumbExample)]]
         residual = torch.stack([_residual(heads(o), row) for o, row in zip(owners, e,
