@@ -6,7 +6,7 @@ against an exact reward or the reward model a recorded run's rankings fit.
         --preferences formal,warm --eval-seeds 1    # quick
     python -m bench.advantage --combine a.json b.json   # pool two runs' seeds
 
-Each setting of ``--settings`` (``estimator:samples_per_prompt``) trains a fresh
+Each setting of ``--settings`` (``estimator:samples_per_prompt[:lr=<x>]``) trains a fresh
 per-user LoRA with the product's PPO (``trainer.ppo``, its defaults otherwise) for
 ``--iterations`` iterations against one hidden preference of ``demo.preferences`` used
 as the reward (its noise-free score: a perfect reward model, so that only the policy
@@ -21,7 +21,10 @@ After training, the adapter and the base model (adapter off) answer each held-ou
 prompt of ``demo.prompts`` (never trained on) with ``--eval-seeds`` seeds, the same
 seed for both; the preference judges each pair (win, tie or loss), as in
 ``bench.learning``. Per family: the win rate vs base with its 95% Wilson interval and
-the number of comparisons, and the mean score gain over base. The settings run
+the number of comparisons, the mean score gain over base, the last rollout's KL from the
+base model, and the largest shift under a preference independent of the trained one
+(leakage, as ``bench.learning`` measures it). ``--iterations 12,24,36`` judges one
+adapter after each of those iteration counts (a setting per checkpoint). The settings run
 interleaved (the order alternates from one family to the next), once per PPO seed of
 ``--seeds``; the paired difference of each setting from the first, over the (family,
 seed) units, has a t interval. ``--combine`` pools the rows of several result files
@@ -44,7 +47,7 @@ import torch
 
 from bench.common import DEFAULT_MODEL, paired_difference, settle, table, write_result
 from bench.reward_replay import recorded
-from demo.evaluation import Answers, compare
+from demo.evaluation import Answers, compare, leakage, worst
 from demo.preferences import PREFERENCES, Preference
 from demo.prompts import eval_prompts, feedback_prompts
 from demo.stats import fmt_rate
@@ -66,18 +69,27 @@ class Setting:
     reward: str = "oracle"
     """What PPO optimised: "oracle", or "recorded" (a reward model fitted on a run's
     rankings)."""
+    lr: float | None = None
+    """The LoRA's learning rate; None: the product's default."""
 
     @property
     def name(self) -> str:
-        """``estimator:samples_per_prompt``, with ``@recorded`` for the fitted reward."""
+        """``estimator:samples_per_prompt[:lr=<x>]``, with ``@recorded`` for the fitted
+        reward."""
+        lr = "" if self.lr is None else f":lr={self.lr:g}"
         suffix = "" if self.reward == "oracle" else f"@{self.reward}"
-        return f"{self.advantage}:{self.samples_per_prompt}{suffix}"
+        return f"{self.advantage}:{self.samples_per_prompt}{lr}{suffix}"
 
     @classmethod
     def parse(cls, name: str, reward: str = "oracle") -> Setting:
-        estimator, _, rest = name.partition(":")
-        samples, _, named_reward = rest.partition("@")
-        return cls(estimator, int(samples), named_reward or reward)
+        body, _, named_reward = name.partition("@")
+        estimator, samples, *options = body.split(":")
+        lr = None
+        for option in options:
+            if not option.startswith("lr="):
+                raise ValueError(f"setting {name!r}: unknown option {option!r} (lr=<x>)")
+            lr = float(option.removeprefix("lr="))
+        return cls(estimator, int(samples), named_reward or reward, lr)
 
 
 def chat(question: str) -> ChatMessages:
@@ -140,37 +152,52 @@ def answers(pool: PolicyPool, trainer: PPOTrainer, seeds: int, adapter: bool) ->
 
 def judge(preference: Preference, adapted: Answers, base: Answers) -> dict[str, Any]:
     """The adapter's answers against the base model's under ``preference``: the tally of
-    ``demo.evaluation.compare`` and the mean score gain, over the same keys."""
+    ``demo.evaluation.compare``, the mean score gain over the same keys, and the largest
+    shift under a preference independent of it (``demo.evaluation.leakage``, as
+    ``bench.learning`` measures it)."""
     tally = compare(preference, adapted, base)
     gains = [preference.score(q, adapted[q, s]) - preference.score(q, base[q, s])
              for q, s in base.keys() & adapted.keys()]
+    leak = worst(leakage(preference, adapted, base))
     return {"tally": tally.as_dict(), "rate": tally.rate, "score_gain": statistics.fmean(gains),
-            "text": fmt_rate(tally)}
+            "text": fmt_rate(tally), "leak": leak.as_dict() if leak else None,
+            "leak_points": abs(leak.points) if leak else 0.0}
 
 
 def run_one(pool: PolicyPool, base_config: PPOConfig, setting: Setting, preference: Preference,
-            seed: int, iterations: int, base: Answers, eval_seeds: int,
-            reward_fn: RewardFn) -> dict[str, Any]:
+            seed: int, checkpoints: Sequence[int], base: Answers, eval_seeds: int,
+            reward_fn: RewardFn) -> list[dict[str, Any]]:
+    """One fresh adapter trained for ``checkpoints[-1]`` iterations, judged after each
+    checkpoint's iteration count: one row per checkpoint (its setting named
+    ``<setting> x<iterations>`` when there are several)."""
     config = replace(base_config, advantage=setting.advantage,
-                     samples_per_prompt=setting.samples_per_prompt, seed=seed)
+                     samples_per_prompt=setting.samples_per_prompt, seed=seed,
+                     lr=base_config.lr if setting.lr is None else setting.lr)
     trainer = PPOTrainer(pool, config)
     user = f"{setting.name}/{preference.name}/{seed}"
     questions = list(feedback_prompts())
-    started = time.perf_counter()
-    result = trainer.train_user(user, [chat(q) for q in questions], reward_fn,
-                                steps=iterations)
-    train_s = time.perf_counter() - started
-    adapted = answers(pool, trainer, eval_seeds, adapter=True)
+    rows, done, train_s = [], 0, 0.0
+    for checkpoint in checkpoints:
+        started = time.perf_counter()
+        result = trainer.train_user(user, [chat(q) for q in questions], reward_fn,
+                                    steps=checkpoint - done)
+        train_s += time.perf_counter() - started
+        done = checkpoint
+        adapted = answers(pool, trainer, eval_seeds, adapter=True)
+        name = setting.name if len(checkpoints) == 1 else f"{setting.name} x{checkpoint}"
+        row = {"setting": name, "preference": preference.name, "repeat": seed,  # the seed
+               "iterations": checkpoint, "train_s": train_s,
+               "iteration_s": train_s / max(result.total_steps, 1),
+               "last_scores": [m.score for m in result.history[-2:]],
+               "kl": result.kl, **judge(preference, adapted, base)}
+        leak = row["leak"]
+        print(f"  {name:14} {preference.name:14} seed {seed}: {row['text']}, "
+              f"score gain {row['score_gain']:+.3f}, KL {row['kl']:.1f}, worst leak "
+              f"{leak['points'] if leak else 0:+.0f} ({leak['preference'] if leak else '-'}), "
+              f"{row['iteration_s']:.1f} s/iteration", flush=True)
+        rows.append(row)
     trainer.forget(user)
-    row = {"setting": setting.name, "preference": preference.name, "repeat": seed,  # the seed
-           "train_s": train_s, "iteration_s": train_s / max(result.steps, 1),
-           "first_scores": [m.score for m in result.history[:2]],
-           "last_scores": [m.score for m in result.history[-2:]],
-           "kl": result.kl, **judge(preference, adapted, base)}
-    print(f"  {setting.name:8} {preference.name:14} seed {seed}: {row['text']}, "
-          f"score gain {row['score_gain']:+.3f}, {row['iteration_s']:.1f} s/iteration",
-          flush=True)
-    return row
+    return rows
 
 
 def parse_args() -> argparse.Namespace:
@@ -183,7 +210,9 @@ def parse_args() -> argparse.Namespace:
                              "with the fitted reward)")
     parser.add_argument("--preferences",
                         default="formal,examples,warm,hedged,technical,second_person")
-    parser.add_argument("--iterations", type=int, default=12)
+    parser.add_argument("--iterations", default="12",
+                        help="PPO iterations per adapter; comma-separated checkpoints "
+                             "(e.g. 12,24) judge one adapter after each")
     parser.add_argument("--seeds", default="0",
                         help="comma-separated PPO seeds: each repeats every family and setting")
     parser.add_argument("--combine", type=Path, nargs="*", default=None,
@@ -206,9 +235,12 @@ def main() -> None:
     reward = "oracle" if args.reward == "oracle" else "recorded"
     settings = [Setting.parse(name, reward) for name in args.settings.split(",")]
     preferences = [PREFERENCES[name] for name in args.preferences.split(",")]
+    checkpoints = sorted(int(x) for x in args.iterations.split(","))
+    names = [s.name if len(checkpoints) == 1 else f"{s.name} x{k}"
+             for s in settings for k in checkpoints]
     if args.combine:
         rows = [row for path in args.combine for row in json.loads(path.read_text())["rows"]]
-        print(report(rows, summarise(rows, settings, preferences), settings, preferences))
+        print(report(rows, summarise(rows, names, preferences), names, preferences))
         return
     base_config = PPOConfig(max_resident_users=2)
     questions = list(feedback_prompts())
@@ -230,56 +262,61 @@ def main() -> None:
         for i, preference in enumerate(preferences):
             order = settings if (i + seed) % 2 == 0 else settings[::-1]
             for setting in order:
-                rows.append(run_one(pool, base_config, setting, preference, seed,
-                                    args.iterations, base, args.eval_seeds,
+                rows.extend(run_one(pool, base_config, setting, preference, seed,
+                                    checkpoints, base, args.eval_seeds,
                                     rewards[preference.name]))
-    summary = summarise(rows, settings, preferences)
-    print(report(rows, summary, settings, preferences))
+    summary = summarise(rows, names, preferences)
+    print(report(rows, summary, names, preferences))
     write_result("advantage", vars(args) | {"ppo": base_config.__dict__},
                  {"rows": rows, "summary": summary}, out=args.json)
 
 
-def summarise(rows: list[dict[str, Any]], settings: list[Setting],
+def summarise(rows: list[dict[str, Any]], names: list[str],
               preferences: list[Preference]) -> dict[str, Any]:
     seeds = sorted({r["repeat"] for r in rows})
 
-    def values(setting: Setting, key: str) -> list[float]:
+    def values(name: str, key: str) -> list[float]:
         """One value per (family, seed), in the same order for every setting."""
         return [r[key] for p in preferences for k in seeds for r in rows
-                if (r["setting"], r["preference"], r["repeat"]) == (setting.name, p.name, k)]
+                if (r["setting"], r["preference"], r["repeat"]) == (name, p.name, k)]
 
-    first = settings[0]
+    first = names[0]
     out: dict[str, Any] = {}
-    for s in settings:
-        out[s.name] = {"mean_win": statistics.fmean(values(s, "rate")),
-                       "mean_score_gain": statistics.fmean(values(s, "score_gain")),
-                       "iteration_s": statistics.median(values(s, "iteration_s"))}
-        if s != first:
-            out[s.name]["win_vs_first"] = paired_difference(values(s, "rate"),
-                                                            values(first, "rate"))
-            out[s.name]["gain_vs_first"] = paired_difference(values(s, "score_gain"),
-                                                             values(first, "score_gain"))
+    for name in names:
+        out[name] = {"mean_win": statistics.fmean(values(name, "rate")),
+                     "mean_score_gain": statistics.fmean(values(name, "score_gain")),
+                     "mean_kl": statistics.fmean(values(name, "kl")),
+                     "mean_worst_leak_points": statistics.fmean(values(name, "leak_points")),
+                     "iteration_s": statistics.median(values(name, "iteration_s"))}
+        if name != first:
+            out[name]["win_vs_first"] = paired_difference(values(name, "rate"),
+                                                          values(first, "rate"))
+            out[name]["gain_vs_first"] = paired_difference(values(name, "score_gain"),
+                                                           values(first, "score_gain"))
     return out
 
 
-def report(rows: list[dict[str, Any]], summary: dict[str, Any], settings: list[Setting],
+def report(rows: list[dict[str, Any]], summary: dict[str, Any], names: list[str],
            preferences: list[Preference]) -> str:
     lines = []
     for p in preferences:
         cells = [p.name]
-        for s in settings:
-            mine = [r for r in rows if (r["setting"], r["preference"]) == (s.name, p.name)]
-            cells.append("; ".join(f"{r['text']} ({r['score_gain']:+.2f})" for r in mine))
+        for name in names:
+            mine = [r for r in rows if (r["setting"], r["preference"]) == (name, p.name)]
+            cells.append("; ".join(f"{r['text']} ({r['score_gain']:+.2f}, KL {r['kl']:.0f})"
+                                   for r in mine))
         lines.append(cells)
-    headers = ["preference"] + [f"{s.name}: win vs base (score gain)" for s in settings]
+    headers = ["preference"] + [f"{name}: win vs base (score gain, KL)" for name in names]
     out = [table(headers, lines), ""]
-    for s in settings:
-        row = summary[s.name]
-        text = (f"{s.name}: mean win {row['mean_win']:.1%}, mean score gain "
-                f"{row['mean_score_gain']:+.3f}, {row['iteration_s']:.1f} s per iteration")
+    for name in names:
+        row = summary[name]
+        text = (f"{name}: mean win {row['mean_win']:.1%}, mean score gain "
+                f"{row['mean_score_gain']:+.3f}, mean KL {row['mean_kl']:.1f}, mean worst "
+                f"shift on an independent preference {row['mean_worst_leak_points']:.1f} pts, "
+                f"{row['iteration_s']:.1f} s per iteration")
         if "win_vs_first" in row:
             w, g = row["win_vs_first"], row["gain_vs_first"]
-            text += (f"; vs {settings[0].name}: win {w['mean']:+.1%} "
+            text += (f"; vs {names[0]}: win {w['mean']:+.1%} "
                      f"[{w['mean_low']:+.1%}, {w['mean_high']:+.1%}], score gain "
                      f"{g['mean']:+.3f} [{g['mean_low']:+.3f}, {g['mean_high']:+.3f}] "
                      f"(n = {int(w['n'])} family runs)")

@@ -24,16 +24,18 @@ def test_oracle_scores_each_completion_under_its_own_question() -> None:
 
 
 def test_settings_are_compared_on_matching_family_and_seed() -> None:
-    a, b = Setting("gae", 1), Setting("rloo", 4)
+    a, b = "gae:1", "rloo:4"
     prefs = [PREFERENCES["formal"], PREFERENCES["warm"]]
     rates = {("gae:1", "formal", 0): 0.6, ("gae:1", "warm", 0): 0.9,
              ("gae:1", "formal", 1): 0.7, ("gae:1", "warm", 1): 0.5,
              ("rloo:4", "formal", 0): 0.8, ("rloo:4", "warm", 0): 0.9,
              ("rloo:4", "formal", 1): 0.9, ("rloo:4", "warm", 1): 0.5}
     rows = [{"setting": s, "preference": p, "repeat": k, "rate": r, "score_gain": r,
-             "iteration_s": 1.0} for (s, p, k), r in reversed(rates.items())]
+             "kl": 10 * r, "leak_points": 5.0, "iteration_s": 1.0}
+            for (s, p, k), r in reversed(rates.items())]
     out = summarise(rows, [a, b], prefs)
     assert out["gae:1"]["mean_win"] == pytest.approx(0.675)
+    assert out["gae:1"]["mean_kl"] == pytest.approx(6.75)
     diff = out["rloo:4"]["win_vs_first"]
     assert diff["n"] == 4 and diff["mean"] == pytest.approx(0.1)  # (0.2 + 0 + 0.2 + 0) / 4
 
@@ -42,3 +44,12 @@ def test_a_setting_names_its_reward_unless_it_is_the_oracle() -> None:
     assert Setting.parse("rloo:4").name == "rloo:4"
     assert Setting.parse("gae:1", reward="recorded").name == "gae:1@recorded"
     assert Setting.parse("gae:1@recorded") == Setting("gae", 1, "recorded")
+
+
+def test_a_setting_may_name_its_learning_rate() -> None:
+    setting = Setting.parse("gae:1:lr=1e-3")
+    assert setting == Setting("gae", 1, "oracle", 1e-3)
+    assert setting.name == "gae:1:lr=0.001"
+    assert Setting.parse(setting.name + "@recorded").lr == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="unknown option"):
+        Setting.parse("gae:1:batch=16")
