@@ -92,6 +92,12 @@ class Setting:
         return cls(estimator, int(samples), named_reward or reward, lr)
 
 
+def checkpoint_name(setting: Setting, iterations: int, checkpoints: Sequence[int]) -> str:
+    """A row's setting: the setting's name, with `` x<iterations>`` when one adapter is
+    judged at several checkpoints."""
+    return setting.name if len(checkpoints) == 1 else f"{setting.name} x{iterations}"
+
+
 def chat(question: str) -> ChatMessages:
     return [{"role": "user", "content": question}]
 
@@ -175,16 +181,15 @@ def run_one(pool: PolicyPool, base_config: PPOConfig, setting: Setting, preferen
                      lr=base_config.lr if setting.lr is None else setting.lr)
     trainer = PPOTrainer(pool, config)
     user = f"{setting.name}/{preference.name}/{seed}"
-    questions = list(feedback_prompts())
+    prompts = [chat(q) for q in feedback_prompts()]
     rows, done, train_s = [], 0, 0.0
     for checkpoint in checkpoints:
         started = time.perf_counter()
-        result = trainer.train_user(user, [chat(q) for q in questions], reward_fn,
-                                    steps=checkpoint - done)
+        result = trainer.train_user(user, prompts, reward_fn, steps=checkpoint - done)
         train_s += time.perf_counter() - started
         done = checkpoint
         adapted = answers(pool, trainer, eval_seeds, adapter=True)
-        name = setting.name if len(checkpoints) == 1 else f"{setting.name} x{checkpoint}"
+        name = checkpoint_name(setting, checkpoint, checkpoints)
         row = {"setting": name, "preference": preference.name, "repeat": seed,  # the seed
                "iterations": checkpoint, "train_s": train_s,
                "iteration_s": train_s / max(result.total_steps, 1),
@@ -236,8 +241,7 @@ def main() -> None:
     settings = [Setting.parse(name, reward) for name in args.settings.split(",")]
     preferences = [PREFERENCES[name] for name in args.preferences.split(",")]
     checkpoints = sorted(int(x) for x in args.iterations.split(","))
-    names = [s.name if len(checkpoints) == 1 else f"{s.name} x{k}"
-             for s in settings for k in checkpoints]
+    names = [checkpoint_name(s, k, checkpoints) for s in settings for k in checkpoints]
     if args.combine:
         rows = [row for path in args.combine for row in json.loads(path.read_text())["rows"]]
         print(report(rows, summarise(rows, names, preferences), names, preferences))
