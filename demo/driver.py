@@ -310,13 +310,17 @@ class Simulation:
                               f"{changed.user.user_id} got {changed.version}")
 
     def probe(self, user_id: str) -> Probe:
-        """The user's answers to the first held-out prompt with a fixed seed."""
+        """The user's answers to the first held-out prompt with fixed seeds, one request
+        at a time with nothing else in the engine: the candidates of one call run
+        together, and whether they share their first engine step depends on timing."""
         cfg = self._cfg
+        cands = []
         with self._traffic.alone():  # batch-composition effects are not leakage
-            cands = self._client.complete(user_id, eval_prompts()[0],
-                                          num_candidates=cfg.probe_samples,
-                                          max_tokens=cfg.max_tokens,
-                                          temperature=cfg.eval_temperature, seed=cfg.probe_seed)
+            for i in range(cfg.probe_samples):
+                cands += self._client.complete(user_id, eval_prompts()[0], num_candidates=1,
+                                               max_tokens=cfg.max_tokens,
+                                               temperature=cfg.eval_temperature,
+                                               seed=cfg.probe_seed + i)
         return Probe(",".join(sorted({c.adapter_version for c in cands})),
                      tuple(c.text for c in cands))
 
