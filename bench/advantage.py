@@ -6,7 +6,8 @@ against an exact reward or the reward model a recorded run's rankings fit.
         --preferences formal,warm --eval-seeds 1    # quick
     python -m bench.advantage --combine a.json b.json   # pool two runs' seeds
 
-Each setting of ``--settings`` (``estimator:samples_per_prompt[:lr=<x>]``) trains a fresh
+Each setting of ``--settings`` (``estimator:samples_per_prompt[:lr=<x>][:start=<x>x<n>]``,
+the last: the first n iterations at learning rate x) trains a fresh
 per-user LoRA with the product's PPO (``trainer.ppo``, its defaults otherwise) for
 ``--iterations`` iterations against one hidden preference of ``demo.preferences`` used
 as the reward (its noise-free score: a perfect reward model, so that only the policy
@@ -71,25 +72,42 @@ class Setting:
     rankings)."""
     lr: float | None = None
     """The LoRA's learning rate; None: the product's default."""
+    start: tuple[float, int] | None = None
+    """The learning rate of the first iterations and their number (PPOConfig's
+    ``lr_start``, ``lr_start_steps``); None: the product's default."""
 
     @property
     def name(self) -> str:
-        """``estimator:samples_per_prompt[:lr=<x>]``, with ``@recorded`` for the fitted
-        reward."""
+        """``estimator:samples_per_prompt[:lr=<x>][:start=<x>x<n>]``, with ``@recorded``
+        for the fitted reward."""
         lr = "" if self.lr is None else f":lr={self.lr:g}"
+        start = "" if self.start is None else f":start={self.start[0]:g}x{self.start[1]}"
         suffix = "" if self.reward == "oracle" else f"@{self.reward}"
-        return f"{self.advantage}:{self.samples_per_prompt}{lr}{suffix}"
+        return f"{self.advantage}:{self.samples_per_prompt}{lr}{start}{suffix}"
 
     @classmethod
     def parse(cls, name: str, reward: str = "oracle") -> Setting:
         body, _, named_reward = name.partition("@")
         estimator, samples, *options = body.split(":")
-        lr = None
+        lr, start = None, None
         for option in options:
-            if not option.startswith("lr="):
-                raise ValueError(f"setting {name!r}: unknown option {option!r} (lr=<x>)")
-            lr = float(option.removeprefix("lr="))
-        return cls(estimator, int(samples), named_reward or reward, lr)
+            key, _, value = option.partition("=")
+            if key == "lr":
+                lr = float(value)
+            elif key == "start":
+                rate, _, steps = value.partition("x")
+                start = (float(rate), int(steps))
+            else:
+                raise ValueError(f"setting {name!r}: unknown option {option!r} "
+                                 f"(lr=<x>, start=<x>x<iterations>)")
+        return cls(estimator, int(samples), named_reward or reward, lr, start)
+
+    def config(self, base: PPOConfig, seed: int) -> PPOConfig:
+        """``base`` with this setting's estimator, learning rates and ``seed``."""
+        lr_start, lr_start_steps = self.start or (base.lr_start, base.lr_start_steps)
+        return replace(base, advantage=self.advantage, samples_per_prompt=self.samples_per_prompt,
+                       seed=seed, lr=base.lr if self.lr is None else self.lr,
+                       lr_start=lr_start, lr_start_steps=lr_start_steps)
 
 
 def checkpoint_name(setting: Setting, iterations: int, checkpoints: Sequence[int]) -> str:
@@ -176,9 +194,7 @@ def run_one(pool: PolicyPool, base_config: PPOConfig, setting: Setting, preferen
     """One fresh adapter trained for ``checkpoints[-1]`` iterations, judged after each
     checkpoint's iteration count: one row per checkpoint (its setting named
     ``<setting> x<iterations>`` when there are several)."""
-    config = replace(base_config, advantage=setting.advantage,
-                     samples_per_prompt=setting.samples_per_prompt, seed=seed,
-                     lr=base_config.lr if setting.lr is None else setting.lr)
+    config = setting.config(base_config, seed)
     trainer = PPOTrainer(pool, config)
     user = f"{setting.name}/{preference.name}/{seed}"
     prompts = [chat(q) for q in feedback_prompts()]

@@ -208,6 +208,26 @@ def test_stop_at_max_steps_across_budgeted_calls(tiny_model_dir: Path) -> None:
     assert [m.step for r in runs for m in r.history] == [0, 1, 2, 3, 4]
 
 
+def test_a_users_first_iterations_step_at_the_start_rate(tiny_model_dir: Path) -> None:
+    config = dataclasses.replace(FAST, lr=1e-3, lr_start=5e-3, lr_start_steps=3)
+    trainer = PPOTrainer(make_pool(tiny_model_dir, config), config)
+    runs = [trainer.train_user(user, PROMPTS, vowel_reward, steps=2)
+            for user in ("erin", "erin", "frank")]
+    rates = [[m.lr for m in r.history] for r in runs]
+    # counted per user across turns: erin's second turn crosses over, frank starts afresh
+    assert rates == [[5e-3, 5e-3], [5e-3, 1e-3], [5e-3, 5e-3]]
+    # ... and the optimiser steps at it: a fresh LoRA's B starts at zero and AdamW's
+    # first steps move each weight by about the learning rate
+    plain = PPOTrainer(trainer.pool, dataclasses.replace(config, lr_start=None))
+    plain.train_user("gina", PROMPTS, vowel_reward, steps=1)
+    trainer.train_user("hank", PROMPTS, vowel_reward, steps=1)
+    moved = {user: max(w.abs().max().item() for n, w in adapter_weights(trainer.pool, user)
+                       .items() if "lora_B" in n) for user in ("gina", "hank")}
+    assert moved["gina"] < 2.5e-3 < 4e-3 < moved["hank"], moved
+    with pytest.raises(ValueError, match="lr_start must be > 0"):
+        dataclasses.replace(FAST, lr_start=0.0)
+
+
 def test_bfloat16_base_trains_float32_adapters(tiny_model_dir: Path, tmp_path: Path) -> None:
     """A bf16 base model (the "auto" choice on CPUs with native bf16): the user's LoRA and
     value head stay float32 through training, export and reload; the base is untouched."""

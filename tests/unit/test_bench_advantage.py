@@ -7,6 +7,7 @@ import pytest
 
 from bench.advantage import Setting, oracle, question_of, summarise
 from demo.preferences import PREFERENCES
+from trainer.ppo.config import PPOConfig
 
 QUESTIONS = ["How do I boil an egg?", "Why is the sky blue?"]
 
@@ -53,3 +54,14 @@ def test_a_setting_may_name_its_learning_rate() -> None:
     assert Setting.parse(setting.name + "@recorded").lr == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="unknown option"):
         Setting.parse("gae:1:batch=16")
+
+
+def test_a_setting_may_start_at_another_learning_rate() -> None:
+    setting = Setting.parse("gae:1:lr=1e-3:start=3e-3x8")
+    assert setting.start == (pytest.approx(3e-3), 8) and setting.lr == pytest.approx(1e-3)
+    assert Setting.parse(setting.name) == setting
+    config = setting.config(PPOConfig(), seed=3)
+    assert config.seed == 3 and config.lr_at(7) == pytest.approx(3e-3)
+    assert config.lr_at(8) == pytest.approx(1e-3)
+    plain = Setting.parse("gae:1").config(PPOConfig(lr_start=5e-3, lr_start_steps=2), seed=0)
+    assert plain.lr_at(1) == pytest.approx(5e-3), "the product's own start is kept"

@@ -27,6 +27,13 @@ class PPOConfig:
     30-nat KL budget within 24 iterations, while 1e-3 stayed under it for 36 and won more
     against the base model (exact reward, bench.advantage; and bench.learning online,
     docs/benchmarks.md). At 1e-4 it barely moves in eight iterations on a CPU host."""
+    lr_start: float | None = None
+    """Learning rate of a user's first ``lr_start_steps`` PPO iterations (None: ``lr``
+    from the start): a fresh adapter may take larger steps while the gate's KL budget is
+    untouched, then ``lr`` keeps the rest of the budget for the signal."""
+    lr_start_steps: int = 0
+    """How many of a user's first PPO iterations (its total count, across turns) step at
+    ``lr_start``."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     batch_size: int = 8
@@ -114,6 +121,10 @@ class PPOConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"PPOConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.lr_start is not None and not self.lr_start > 0:
+            raise ValueError(f"PPOConfig.lr_start must be > 0, got {self.lr_start}")
+        if self.lr_start_steps < 0:
+            raise ValueError(f"PPOConfig.lr_start_steps must be >= 0, got {self.lr_start_steps}")
         if self.samples_per_prompt < 1 or self.batch_size % self.samples_per_prompt:
             raise ValueError(f"PPOConfig.samples_per_prompt must divide batch_size "
                              f"({self.batch_size}), got {self.samples_per_prompt}")
@@ -133,6 +144,12 @@ class PPOConfig:
         if self.target_kl is not None and self.target_kl <= 0:
             raise ValueError(f"PPOConfig.target_kl must be > 0 or None, got {self.target_kl}")
 
+    def lr_at(self, step: int) -> float:
+        """The learning rate of a user's PPO iteration ``step`` (0-based, its total count)."""
+        if self.lr_start is not None and step < self.lr_start_steps:
+            return self.lr_start
+        return self.lr
+
 
 @dataclass(frozen=True)
 class PPOStepMetrics:
@@ -146,6 +163,8 @@ class PPOStepMetrics:
     """Mean over sequences of the summed per-token KL to the reference, at rollout time."""
     kl_coef: float
     """KL penalty coefficient used for this rollout's rewards."""
+    lr: float
+    """Learning rate of this iteration's updates."""
     pg_loss: float
     v_loss: float
     approx_kl: float

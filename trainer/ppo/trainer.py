@@ -173,7 +173,8 @@ class PPOTrainer:
             advantages = ppo_math.masked_whiten(advantages, mask)  # (B, R)
 
         # 6. PPO epochs over minibatches
-        losses = self._update(user_id, exp.rollout, exp.old, advantages, returns, exp.seed)
+        lr = cfg.lr_at(progress.steps)
+        losses = self._update(user_id, exp.rollout, exp.old, advantages, returns, exp.seed, lr)
 
         # 7. adaptive KL controller
         kl_coef = progress.kl_coef
@@ -182,7 +183,7 @@ class PPOTrainer:
                                                 cfg.kl_horizon)
         self._progress[user_id] = UserProgress(steps=progress.steps + 1, kl_coef=kl_coef)
         metrics = PPOStepMetrics(
-            step=progress.steps, score=exp.score, kl=exp.kl, kl_coef=progress.kl_coef,
+            step=progress.steps, score=exp.score, kl=exp.kl, kl_coef=progress.kl_coef, lr=lr,
             entropy=ppo_math.masked_mean(exp.old.entropy, mask).item(),
             response_length=mask.sum(1).mean().item(), **losses,
             step_time_s=time.perf_counter() - exp.started)
@@ -197,12 +198,15 @@ class PPOTrainer:
         advantages: Tensor,
         returns: Tensor | None,
         seed: int,
+        lr: float,
     ) -> dict[str, float]:
-        """Clipped PPO updates of the user's LoRA (and value head, given ``returns``); mean
-        losses over minibatches."""
+        """Clipped PPO updates of the user's LoRA (and value head, given ``returns``) at
+        learning rate ``lr``; mean losses over minibatches."""
         cfg = self.config
         model, head = self.pool.model, self._value_head(user_id)
         optimizer = self._optimizer(user_id)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         params = self.pool.trainable_parameters(user_id)
         order = torch.Generator().manual_seed(seed)
         b = rollout.query_ids.shape[0]
