@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -74,7 +75,9 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
     ports = StackPorts.from_base(args.port_base)
     settings = {"model": args.model, "users": args.users,
                 "preferences": [u.preference.name for u in users], "duration_s": args.duration,
-                "noise": args.noise, **asdict(drive), **asdict(profile)}
+                "noise": args.noise, **asdict(drive), **asdict(profile),
+                "environment": {k: v for k, v in sorted(os.environ.items())
+                                if k.startswith("PERSONALIZE_") and "SECRET" not in k}}
     console.print(f"starting the stack (logs in {out / 'stack'}) ...")
     with demo_stack(args.model, out, ports, profile) as target, \
             AssistantClient(target, timeout_s=300) as client:
