@@ -27,6 +27,7 @@ from demo.stack import StackPorts, TrainerProfile, demo_stack
 from demo.users import make_users
 from demo.view import LiveView
 from services.client.sdk import AssistantClient
+from services.contract.config import recordable_environment
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,8 +77,7 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
     settings = {"model": args.model, "users": args.users,
                 "preferences": [u.preference.name for u in users], "duration_s": args.duration,
                 "noise": args.noise, **asdict(drive), **asdict(profile),
-                "environment": {k: v for k, v in sorted(os.environ.items())
-                                if k.startswith("PERSONALIZE_") and "SECRET" not in k}}
+                "environment": recordable_environment(os.environ)}
     console.print(f"starting the stack (logs in {out / 'stack'}) ...")
     with demo_stack(args.model, out, ports, profile) as target, \
             AssistantClient(target, timeout_s=300) as client:

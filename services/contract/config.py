@@ -29,6 +29,12 @@ OTHER_VARIABLES = frozenset({
     "PERSONALIZE_LORA_CPU_OPS",  # EngineConfig.lora_cpu_ops, exported to vLLM's processes
 })
 """Variables outside the sections that are read by name."""
+CREDENTIALS = frozenset({
+    "PERSONALIZE_TOKEN",
+    "PERSONALIZE_SERVER_AUTH_SECRETS",
+    "PERSONALIZE_SERVER_RESPONSE_KEYS",
+})
+"""Variables that hold secrets: never written into a report or a log."""
 
 
 class ConfigError(ValueError):
@@ -134,6 +140,13 @@ def setting_names(cls: type, prefix: str) -> set[str]:
         else:
             names.add(key)
     return names
+
+
+def recordable_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The ``PERSONALIZE_*`` variables of ``env`` but the :data:`CREDENTIALS`, by name:
+    what a run may record of its settings."""
+    return {name: value for name, value in sorted(env.items())
+            if name.startswith(ENV_PREFIX) and name not in CREDENTIALS}
 
 
 def check_environment(cls: type, section: str, env: Mapping[str, str]) -> None:

@@ -8,8 +8,17 @@ import sys
 
 import pytest
 
-from services.contract.config import ConfigError, check_environment, load
+from services.contract.config import (
+    CREDENTIALS,
+    OTHER_VARIABLES,
+    ConfigError,
+    check_environment,
+    load,
+    recordable_environment,
+    setting_names,
+)
 from services.server.config import ServerConfig
+from trainer.config import TrainerConfig
 
 
 def test_known_settings_load() -> None:
@@ -50,3 +59,15 @@ def test_entry_points_refuse_unknown_variables_and_flags(module: str) -> None:
     flag = subprocess.run([sys.executable, "-m", module, "--no-such-flag", "1"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert flag.returncode == 2 and "--no-such-flag" in flag.stderr
+
+
+def test_a_run_records_its_settings_but_no_credential() -> None:
+    env = {"PERSONALIZE_TRAINER_PPO_LR": "0.001", "PERSONALIZE_TOKEN": "jwt",
+           "PERSONALIZE_SERVER_AUTH_SECRETS": "s" * 32,
+           "PERSONALIZE_SERVER_RESPONSE_KEYS": "k", "HOME": "/x"}
+    assert recordable_environment(env) == {"PERSONALIZE_TRAINER_PPO_LR": "0.001"}
+    # every variable that holds a secret or key is a known one, and listed
+    names = (setting_names(ServerConfig, "PERSONALIZE_SERVER_")
+             | setting_names(TrainerConfig, "PERSONALIZE_TRAINER_") | OTHER_VARIABLES)
+    secret = {n for n in names if n.endswith(("SECRETS", "KEYS", "TOKEN", "PASSWORD"))}
+    assert secret == CREDENTIALS
