@@ -6,8 +6,9 @@ against an exact reward or the reward model a recorded run's rankings fit.
         --preferences formal,warm --eval-seeds 1    # quick
     python -m bench.advantage --combine a.json b.json   # pool two runs' seeds
 
-Each setting of ``--settings`` (``estimator:samples_per_prompt[:lr=<x>][:start=<x>x<n>]``,
-the last: the first n iterations at learning rate x) trains a fresh
+Each setting of ``--settings``
+(``estimator:samples_per_prompt[:lr=<x>][:start=<x>x<n>][:epochs=<n>]``; start: the first
+n iterations at learning rate x; epochs: passes over each rollout) trains a fresh
 per-user LoRA with the product's PPO (``trainer.ppo``, its defaults otherwise) for
 ``--iterations`` iterations against one hidden preference of ``demo.preferences`` used
 as the reward (its noise-free score: a perfect reward model, so that only the policy
@@ -75,21 +76,25 @@ class Setting:
     start: tuple[float, int] | None = None
     """The learning rate of the first iterations and their number (PPOConfig's
     ``lr_start``, ``lr_start_steps``); None: the product's default."""
+    epochs: int | None = None
+    """Passes over each rollout batch (PPOConfig's ``ppo_epochs``); None: the product's
+    default."""
 
     @property
     def name(self) -> str:
-        """``estimator:samples_per_prompt[:lr=<x>][:start=<x>x<n>]``, with ``@recorded``
-        for the fitted reward."""
+        """``estimator:samples_per_prompt[:lr=<x>][:start=<x>x<n>][:epochs=<n>]``, with
+        ``@recorded`` for the fitted reward."""
         lr = "" if self.lr is None else f":lr={self.lr:g}"
         start = "" if self.start is None else f":start={self.start[0]:g}x{self.start[1]}"
+        epochs = "" if self.epochs is None else f":epochs={self.epochs}"
         suffix = "" if self.reward == "oracle" else f"@{self.reward}"
-        return f"{self.advantage}:{self.samples_per_prompt}{lr}{start}{suffix}"
+        return f"{self.advantage}:{self.samples_per_prompt}{lr}{start}{epochs}{suffix}"
 
     @classmethod
     def parse(cls, name: str, reward: str = "oracle") -> Setting:
         body, _, named_reward = name.partition("@")
         estimator, samples, *options = body.split(":")
-        lr, start = None, None
+        lr, start, epochs = None, None, None
         for option in options:
             key, _, value = option.partition("=")
             if key == "lr":
@@ -97,17 +102,20 @@ class Setting:
             elif key == "start":
                 rate, _, steps = value.partition("x")
                 start = (float(rate), int(steps))
+            elif key == "epochs":
+                epochs = int(value)
             else:
                 raise ValueError(f"setting {name!r}: unknown option {option!r} "
-                                 f"(lr=<x>, start=<x>x<iterations>)")
-        return cls(estimator, int(samples), named_reward or reward, lr, start)
+                                 f"(lr=<x>, start=<x>x<iterations>, epochs=<n>)")
+        return cls(estimator, int(samples), named_reward or reward, lr, start, epochs)
 
     def config(self, base: PPOConfig, seed: int) -> PPOConfig:
-        """``base`` with this setting's estimator, learning rates and ``seed``."""
+        """``base`` with this setting's estimator, learning rates, epochs and ``seed``."""
         lr_start, lr_start_steps = self.start or (base.lr_start, base.lr_start_steps)
         return replace(base, advantage=self.advantage, samples_per_prompt=self.samples_per_prompt,
                        seed=seed, lr=base.lr if self.lr is None else self.lr,
-                       lr_start=lr_start, lr_start_steps=lr_start_steps)
+                       lr_start=lr_start, lr_start_steps=lr_start_steps,
+                       ppo_epochs=base.ppo_epochs if self.epochs is None else self.epochs)
 
 
 def checkpoint_name(setting: Setting, iterations: int, checkpoints: Sequence[int]) -> str:

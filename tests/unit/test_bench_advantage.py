@@ -65,3 +65,10 @@ def test_a_setting_may_start_at_another_learning_rate() -> None:
     assert config.lr_at(8) == pytest.approx(1e-3)
     plain = Setting.parse("gae:1").config(PPOConfig(lr_start=5e-3, lr_start_steps=2), seed=0)
     assert plain.lr_at(1) == pytest.approx(5e-3), "the product's own start is kept"
+
+
+def test_a_setting_may_change_the_passes_over_a_rollout() -> None:
+    setting = Setting.parse("gae:1:lr=1e-3:epochs=4")
+    assert setting.epochs == 4 and Setting.parse(setting.name) == setting
+    assert setting.config(PPOConfig(), seed=0).ppo_epochs == 4
+    assert Setting.parse("gae:1").config(PPOConfig(ppo_epochs=3), seed=0).ppo_epochs == 3
