@@ -51,8 +51,8 @@ class PPOConfig:
     mini_batch_size: int = 4
     """Sequences per gradient step inside a PPO epoch."""
     ppo_epochs: int = 2
-    """Passes over the rollout batch per PPO iteration. On a CPU the rollout is most of an
-    iteration's time, so 4 passes learnt more per second with an exact reward, but spent
+    """Passes over the rollout batch per PPO iteration. On a CPU the rollout is about half
+    of a 2-pass iteration's time, so 4 passes learnt more per second with an exact reward, but spent
     the gate's KL budget twice as fast per iteration and made no established difference
     online (bench.advantage, bench.learning; docs/benchmarks.md)."""
     max_new_tokens: int = 32
