@@ -124,12 +124,13 @@ def cross_validate(setting: str, data: Data, prefs: dict[str, Preference], folds
                    encoders: dict[str, TextEncoder]) -> dict[str, list[bool]]:
     """Per user, whether the policy head ranked each decided held-out pair right (in one
     order: fold by fold, pairs in journal order). Every fold and setting that pools the
-    same encoder and depths shares one frozen encoder from ``encoders`` (and its cache)."""
+    same encoder, depths and pooling shares one frozen encoder from ``encoders`` (and its
+    cache)."""
     cfg = replace(config(setting), heldout_fraction=0.0)  # the folds hold out instead
     if cfg.tuned_layers:  # trained top layers would carry one fold's training to the next
         raise SystemExit(f"setting {setting!r}: the replay needs a frozen encoder "
                          "(tuned_layers 0)")
-    key = f"{cfg.backbone}:{cfg.layer_pooling}"
+    key = f"{cfg.backbone}:{cfg.layer_pooling}:{cfg.pooling}:{cfg.span}:{cfg.normalize}"
     if key not in encoders:
         encoders[key] = PersonalRewardModel(cfg).encoder
     right: dict[str, list[bool]] = {u: [] for u in data}
