@@ -84,7 +84,7 @@ clean:
 # Performance benchmarks (see docs/benchmarks.md): each starts what it needs on free
 # ports, prints a table and writes bench/results/<name>.json. `make bench` runs them all.
 BENCH_STAMP := $(VENV)/.bench-installed
-PERF_BENCHES := serving hot_swap feedback_ingest ppo advantage reward_model diversity scale scaleout feedback_to_adapter http_api
+PERF_BENCHES := serving hot_swap feedback_ingest ppo advantage reward_model diversity scale scaleout feedback_to_adapter http_api trainer_threads
 BENCH_ARGS_serving ?= --profile
 BENCH_ARGS_feedback_ingest ?= --profile
 BENCH_ARGS_feedback_to_adapter ?= --open-gate

@@ -28,11 +28,14 @@ class StackPorts:
 class TrainerProfile:
     """What the demo sets on the trainer beyond the product's defaults, which are the
     settings it runs with (one profile for the product and the demo): only the length of
-    the samples, kept equal to the answers the users rate, and the threads (the demo's
-    host runs nothing else)."""
+    the samples, kept equal to the answers the users rate, and the threads."""
 
     ppo_max_new_tokens: int = 32
-    torch_threads: int = 2
+    torch_threads: int = 1
+    """The server shares the host, as under ``make up`` (which also gives the trainer one
+    thread): on 2 cores, where vLLM's worker holds one core and its engine loop the other,
+    a 2-thread trainer waits at every parallel region for its thread on the busy core
+    (bench.trainer_threads, docs/benchmarks.md)."""
 
     def env(self) -> dict[str, str]:
         return {f"PERSONALIZE_TRAINER_{f.name.upper()}": str(getattr(self, f.name))

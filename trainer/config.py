@@ -137,8 +137,9 @@ class TrainerConfig:
     poll_timeout_ms: int = 200
     """Longest wait of one poll."""
     torch_threads: int = 0
-    """CPU threads for training (0: torch's default). On a small host shared with
-    the server, 1 avoids the two fighting over cores."""
+    """CPU threads for training (0: torch's default, one per core). On a small host shared
+    with the server, 1: each parallel region of a multi-threaded trainer waits for its
+    thread on the core vLLM is using (bench.trainer_threads, docs/benchmarks.md)."""
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
