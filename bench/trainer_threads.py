@@ -42,6 +42,7 @@ from bench.common import (
     table,
     write_result,
 )
+from bench.ppo import chats
 from services.client.sdk import AssistantClient
 from trainer.reward.data import PairExample
 
@@ -93,8 +94,7 @@ class TrainerWork:
         cfg = PPOConfig(max_new_tokens=32, max_resident_users=1)
         self.ppo = PPOTrainer(PolicyPool.from_pretrained(model, cfg), cfg)
         self.rm = PersonalRewardModel(RewardModelConfig())
-        self.prompts = [[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
-                        for i in range(cfg.batch_size)]
+        self.prompts = chats(cfg.batch_size)
         rng = random.Random(0)
         self.pairs: list[PairExample] = []
         for r in range(rankings):  # 4 composed answers, ordered at random: 6 pairs each
