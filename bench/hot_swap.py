@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,52 +50,12 @@ from bench.common import (
     table,
     write_result,
 )
+from bench.load import Load, LoadShape
 from services.client.sdk import AssistantClient
 
 
 def version_number(version: str) -> int:
     return int(version[1:]) if version.startswith("v") else 0
-
-
-class Load:
-    """Greedy requests in background threads, round-robin over users, counting outcomes."""
-
-    def __init__(self, target: str, users: list[str], threads: int, tokens: int) -> None:
-        self.users, self.tokens = users, tokens
-        self.ok = self.failed = self.tokens_out = 0
-        self.errors: list[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._target = target
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
-                         for i in range(threads)]
-
-    def _run(self, index: int) -> None:
-        with AssistantClient(self._target, timeout_s=120) as client:
-            i = index
-            while not self._stop.is_set():
-                user = self.users[i % len(self.users)]
-                i += 1
-                try:
-                    out = client.complete(user, PROMPTS[i % len(PROMPTS)], max_tokens=self.tokens,
-                                          temperature=0.0)
-                    with self._lock:
-                        self.ok += 1
-                        self.tokens_out += out[0].completion_tokens
-                except grpc.RpcError as exc:
-                    with self._lock:
-                        self.failed += 1
-                        self.errors.append(f"{exc.code()}: {exc.details()}")
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=150)
 
 
 def swap_once(client: AssistantClient, publisher: Publisher, user: str, adapter: Path,
@@ -154,10 +113,11 @@ def run_block(arm: Arm, adapters: list[Path], args: argparse.Namespace) -> None:
     start = time.perf_counter()
     pressure = cpu_pressure()
     metric = "personalize_server_adapter_swap_duration_seconds"
-    with Load(arm.stack.target, arm.swap_users + arm.load_users, args.load_threads,
-              args.load_tokens) as load:
+    shape = LoadShape(max_tokens=args.load_tokens)
+    with Load(arm.stack.target, arm.swap_users + arm.load_users, args.load_threads, shape,
+              timeout_s=120.0) as load:
         time.sleep(3.0)  # reach steady state
-        load_start, load_ok, load_tokens = time.perf_counter(), load.ok, load.tokens_out
+        load_start, load_ok, load_tokens = time.perf_counter(), load.requests, load.tokens_out
         before = arm.stack.metric(f"{metric}_sum"), arm.stack.metric(f"{metric}_count")
         for adapter in adapters:
             user = arm.swap_users[len(arm.rows) % len(arm.swap_users)]
@@ -167,7 +127,7 @@ def run_block(arm: Arm, adapters: list[Path], args: argparse.Namespace) -> None:
                   flush=True)
             time.sleep(args.gap)
         load_s = time.perf_counter() - load_start
-        load_done, tokens_done = load.ok - load_ok, load.tokens_out - load_tokens
+        load_done, tokens_done = load.requests - load_ok, load.tokens_out - load_tokens
         after = arm.stack.metric(f"{metric}_sum"), arm.stack.metric(f"{metric}_count")
     arm.errors += load.errors
     arm.blocks.append({"swaps": len(adapters), "cpu_pressure_avg60_at_start": pressure,

@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import itertools
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,7 +33,6 @@ import torch
 from bench.answers import TOPICS, compose
 from bench.common import (
     DEFAULT_MODEL,
-    PROMPTS,
     median,
     median_interval,
     private_stack,
@@ -42,43 +40,11 @@ from bench.common import (
     table,
     write_result,
 )
+from bench.load import Load, LoadShape
 from bench.ppo import chats
-from services.client.sdk import AssistantClient
 from trainer.reward.data import PairExample
 
 CONDITIONS = ("idle", "serving")
-
-
-class Load:
-    """``streams`` clients asking the server for completions back to back; counts them."""
-
-    def __init__(self, target: str, streams: int) -> None:
-        self.completions = 0
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(target, i), daemon=True)
-                         for i in range(streams)]
-
-    def _run(self, target: str, stream: int) -> None:
-        with AssistantClient(target, timeout_s=600) as client:
-            for i in itertools.count():
-                if self._stop.is_set():
-                    return
-                prompt = [{"role": "user", "content": PROMPTS[(stream + i) % len(PROMPTS)]}]
-                done = client.complete(f"load-{stream}", prompt, num_candidates=4,
-                                       max_tokens=32, temperature=1.0)
-                with self._lock:
-                    self.completions += len(done)
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=120)
 
 
 class TrainerWork:
@@ -133,7 +99,8 @@ def measure(work: TrainerWork, load: Load | None, threads: list[int], rounds: in
             ppo_s, served = timed(work.ppo_iteration, load)
             fit_s, _ = timed(work.head_fit, load)
             rows.append({"round": r, "threads": n, "ppo_iteration_s": ppo_s,
-                         "head_fit_s": fit_s, "completions_per_s": served / ppo_s})
+                         "head_fit_s": fit_s, "completions_per_s": served / ppo_s,
+                         "load_failed_so_far": load.failed if load else 0})
             print(rows[-1], flush=True)
     return rows
 
@@ -161,7 +128,8 @@ def condition_load(name: str, target: str, streams: int) -> Iterator[Load | None
     if name == "idle":
         yield None
         return
-    with Load(target, streams) as load:
+    shape = LoadShape(max_tokens=32, candidates=4, temperature=1.0)
+    with Load(target, [f"load-{i}" for i in range(streams)], streams, shape) as load:
         time.sleep(5.0)  # the streams in flight before timing starts
         yield load
 
@@ -208,6 +176,8 @@ def main() -> None:
                   ratio(e, "ppo_iteration_s"), f"{e['head_fit_s']:.2f}",
                   ratio(e, "head_fit_s"), f"{e['completions_per_s']:.2f}",
                   ratio(e, "completions_per_s")] for e in summary]))
+    failed = max((r["load_failed_so_far"] for r in rows), default=0)
+    print(f"load requests that failed: {failed}")
     write_result("trainer_threads", vars(args), {"summary": summary, "rows": rows}, args.out)
 
 
