@@ -23,7 +23,7 @@ from typing import Any
 from services.contract.records import AdapterUpdateRecord
 from services.contract.store import AdapterManifest, AdapterStore
 from services.devstack.broker import free_port
-from services.devstack.stack import child_stack
+from services.devstack.stack import child_stack, sigterm_unwinds
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ".cache/models/SmolLM2-135M-Instruct"
@@ -100,8 +100,9 @@ class StackHandle:
 def private_stack(model: str, *, trainer: bool = False, env: dict[str, str] | None = None,
                   ready_timeout_s: float = 300.0, keep_dir: Path | None = None
                   ) -> Iterator[StackHandle]:
-    """``personalize-stack`` on free ports with a temporary store and state directory."""
-    with tempfile.TemporaryDirectory(prefix="personalize-bench-") as tmp:
+    """``personalize-stack`` on free ports with a temporary store and state directory; it
+    is stopped however the block ends, SIGTERM included."""
+    with sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="personalize-bench-") as tmp:
         root = keep_dir or Path(tmp)
         state, store = root / "state", root / "store"
         state.mkdir(parents=True, exist_ok=True)

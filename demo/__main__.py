@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from dataclasses import asdict
@@ -28,6 +27,7 @@ from demo.users import make_users
 from demo.view import LiveView
 from services.client.sdk import AssistantClient
 from services.contract.config import recordable_environment
+from services.devstack.stack import sigterm_unwinds
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,13 +58,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> dict[str, Path]:
-    # SIGTERM ends the run like Ctrl-C: the report is written and the stack stopped
-    signal.signal(signal.SIGTERM, _interrupt)
+    """The demo; SIGTERM ends it like Ctrl-C: the report is written, the stack stopped."""
+    with sigterm_unwinds():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> dict[str, Path]:
     out = Path(args.out or f"demo-output/{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and any(out.iterdir()):  # its adapters and journal would carry over
         raise SystemExit(f"{out} is not empty: a run starts from nothing; pick another --out")

@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -127,6 +128,26 @@ def wait_serving(target: str, procs: list[subprocess.Popen[bytes]], timeout_s: f
                 pass
             time.sleep(0.5)
     raise TimeoutError(f"server at {target} not serving after {timeout_s:.0f}s")
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Within the block SIGTERM (``kill``, ``timeout``, a CI runner) raises
+    KeyboardInterrupt as Ctrl-C does, so the ``with`` blocks around a ``child_stack``
+    unwind and stop its processes; outside the main thread (where no handler can be set)
+    nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 @contextlib.contextmanager
