@@ -16,6 +16,7 @@ alternating round by round, and count the completions the server finished meanwh
 Reported per condition and count: the medians, and the ratio to the first count, per
 round, with the median's distribution-free 95% interval (it needs 6 rounds or more).
 Serving takes one round by default: on 2 cores one 2-thread iteration there took minutes.
+The load's failed requests are counted and printed (``bench.load``).
 """
 
 from __future__ import annotations
