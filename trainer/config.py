@@ -22,6 +22,12 @@ class ScheduleConfig:
     """A user with any new feedback is due once the oldest of it is this old."""
     ppo_steps_per_turn: int = 4
     """PPO iterations per turn; users take turns (least recently trained first)."""
+    ppo_steps_until_published: int = 0
+    """PPO iterations per turn of a user who has no published adapter yet (0: as
+    ``ppo_steps_per_turn``). Fewer than ``ppo_steps_per_turn`` bring a new user's first
+    adapter as soon as short turns do, while the later, longer turns give each feedback
+    event more training (a user's feedback arrives while other users' turns run, so the
+    turn length sets the PPO iterations per event)."""
     min_pairs: int = 12
     """Preference pairs (or thumbs) a user needs before PPO runs (fewer train the reward
     model on noise)."""
@@ -43,6 +49,10 @@ class ScheduleConfig:
     on a small host; due users never wait for it."""
 
     def __post_init__(self) -> None:
+        if self.ppo_steps_per_turn < 1 or self.ppo_steps_until_published < 0:
+            raise ValueError("ScheduleConfig.ppo_steps_per_turn must be >= 1 and "
+                             "ppo_steps_until_published >= 0, got "
+                             f"{self.ppo_steps_per_turn} and {self.ppo_steps_until_published}")
         if self.continue_min_interval_s < 0:
             raise ValueError("ScheduleConfig.continue_min_interval_s must be >= 0, got "
                              f"{self.continue_min_interval_s}")

@@ -198,6 +198,34 @@ def test_a_turn_stops_at_its_kl_limit_and_keeps_the_last_iterate_within(  # type
     learner._cfg = cfg
 
 
+def test_turns_are_short_until_the_first_publish(learner_setup) -> None:  # type: ignore[no-untyped-def]
+    """``ppo_steps_until_published``: a user with no published adapter gets that many
+    iterations a turn, and ``ppo_steps_per_turn`` once one is published; a refused
+    candidate keeps the turns short."""
+    learner, cfg, _, _ = learner_setup
+    user = "stepped-user"
+    ex = build_examples(user, joined_history(user), PreferenceConfig(), HELDOUT)
+    schedule = dataclasses.replace(cfg.schedule, ppo_steps_per_turn=3,
+                                   ppo_steps_until_published=1)
+    learner._cfg = dataclasses.replace(cfg, schedule=schedule)  # the judge refuses all
+    refused = learner.turn(user, ex)
+    assert (refused.steps, refused.published_version) == (1, ""), refused.decision
+    learner._cfg = dataclasses.replace(cfg, schedule=schedule, publish=dataclasses.replace(
+        cfg.publish, min_improvement=-1e9, kl_bound=1e9))
+    first = learner.turn(user, ex)
+    assert (first.steps, first.published_version) == (1, "v1"), first.decision
+    later = learner.turn(user, ex)
+    assert later.steps == 3, later.decision
+    learner._cfg = cfg
+
+
+def test_schedule_config_refuses_turns_without_iterations() -> None:
+    with pytest.raises(ValueError, match="ppo_steps_per_turn"):
+        ScheduleConfig(ppo_steps_per_turn=0)
+    with pytest.raises(ValueError, match="ppo_steps_until_published"):
+        ScheduleConfig(ppo_steps_until_published=-1)
+
+
 def _rival_publish(store: AdapterStore, parent: str, tmp: Path) -> str:
     """Another trainer publishes the user: a copy of ``parent`` with other weights."""
     from safetensors.torch import load_file, save_file

@@ -285,7 +285,7 @@ class Learner:
         limit = math.inf if share is None else share * self._cfg.publish.kl_bound
         within: Snapshot | None = None  # the last iterate whose rollout KL was within
         steps, stop = 0, "budget"
-        for i in range(self._cfg.schedule.ppo_steps_per_turn):
+        for i in range(self._turn_length(user_id)):
             if should_stop():
                 return None
             began = snapshot(ppo.pool, user_id) if watched else None
@@ -309,6 +309,14 @@ class Learner:
                 return steps, "kl"
             within = began
         return steps, stop
+
+    def _turn_length(self, user_id: str) -> int:
+        """PPO iterations of the user's turn: ``ppo_steps_until_published`` until the user
+        has a published adapter (when set), ``ppo_steps_per_turn`` after."""
+        schedule = self._cfg.schedule
+        if schedule.ppo_steps_until_published and not self._store.latest(user_id):
+            return schedule.ppo_steps_until_published
+        return schedule.ppo_steps_per_turn
 
     @staticmethod
     def _reward_fn(score: Callable[[str, list[str], list[str]], torch.Tensor],
