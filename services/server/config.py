@@ -131,8 +131,9 @@ class ServerConfig:
     (candidate i of n at ``t + spread * (i / (n - 1) - 1/2)``, clamped to
     [0.05, ``limits.max_temperature``]; services/server/diversity.py). Greedy requests
     (temperature 0) are left alone. 0 disables (every candidate at the requested
-    temperature), the default: bench.diversity measured no gain in rankings-to-target
-    with SmolLM2 (docs/benchmarks.md)."""
+    temperature), the default: with SmolLM2 and the current reward model, bench.diversity
+    measured a gain at 5 rankings per user and none established from 10 on
+    (docs/benchmarks.md)."""
     limits: GenerationLimits = field(default_factory=GenerationLimits)
     engine: EngineConfig = field(default_factory=EngineConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
