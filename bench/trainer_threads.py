@@ -11,7 +11,8 @@ samples, as the demo; the MiniLM reward model) runs in this process; a private s
 candidates of 32 tokens, one request after another). In each, after an untimed warm-up of
 every thread count, rounds (``--rounds`` idle, ``--serving-rounds`` serving) time one PPO
 iteration (rollout, rewards, update) and one fit of a user's reward heads (``train_user``
-on ``--rankings`` rankings of 4 composed answers) per thread count, the counts' order
+on ``--rankings`` rankings of 4 composed answers, ranked by
+the formal preference with label noise 0.2) per thread count, the counts' order
 alternating round by round, and count the completions the server finished meanwhile.
 Reported per condition and count: the medians, and the ratio to the first count, per
 round, with the median's distribution-free 95% interval (it needs 6 rounds or more).
@@ -23,15 +24,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
-import random
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-from bench.answers import TOPICS, compose
 from bench.common import (
     DEFAULT_MODEL,
     median,
@@ -43,7 +41,8 @@ from bench.common import (
 )
 from bench.load import Load, LoadShape
 from bench.ppo import chats
-from trainer.reward.data import PairExample
+from bench.reward_model import rankings as composed_rankings
+from demo.preferences import PREFERENCES
 
 CONDITIONS = ("idle", "serving")
 
@@ -62,14 +61,9 @@ class TrainerWork:
         self.ppo = PPOTrainer(PolicyPool.from_pretrained(model, cfg), cfg)
         self.rm = PersonalRewardModel(RewardModelConfig())
         self.prompts = chats(cfg.batch_size)
-        rng = random.Random(0)
-        self.pairs: list[PairExample] = []
-        for r in range(rankings):  # 4 composed answers, ordered at random: 6 pairs each
-            topic = TOPICS[r % len(TOPICS)]
-            answers = [compose(topic, rng) for _ in range(4)]
-            rng.shuffle(answers)
-            self.pairs += [PairExample("bench-user", f"user: {topic.question} ({r})", a, b)
-                           for a, b in itertools.combinations(answers, 2)]
+        # 4 composed answers a ranking, ordered by a noisy labeler: up to 6 pairs each
+        self.pairs = composed_rankings("bench-user", PREFERENCES["formal"], rankings, 4,
+                                       0.2, 0)
 
     def ppo_iteration(self) -> None:
         self.ppo.train_user("bench-user", self.prompts,

@@ -5,13 +5,9 @@ replayed rankings of both poles."""
 
 from __future__ import annotations
 
-import itertools
-import random
-
 import pytest
 
-from bench.answers import TOPICS, compose
-from bench.reward_model import decided
+from bench.reward_model import decided, rankings
 from bench.reward_replay import cross_validate, question
 from demo.preferences import PREFERENCES
 from trainer.reward.data import PairExample
@@ -20,23 +16,12 @@ from trainer.reward.encoder import TextEncoder
 USERS = {"u-concise": PREFERENCES["concise"], "u-detailed": PREFERENCES["detailed"]}
 
 
-def rankings(user: str, n: int, seed: int) -> list[PairExample]:
-    """``n`` rankings of 4 composed answers each, ordered by the user's noise-free
-    preference: 6 pairs a ranking, preferred first."""
-    pref, rng = USERS[user], random.Random(seed)
-    pairs = []
-    for r in range(n):
-        topic = TOPICS[r % len(TOPICS)]
-        prompt = f"user: {topic.question} ({r})"
-        answers = sorted((compose(topic, rng) for _ in range(4)),
-                         key=lambda a: -pref.score(question(prompt), a))
-        pairs += [PairExample(user, prompt, a, b) for a, b in itertools.combinations(answers, 2)]
-    return pairs
-
-
 @pytest.fixture(scope="module")
 def data() -> dict[str, list[PairExample]]:
-    return {u: rankings(u, 16, seed) for seed, u in enumerate(USERS)}
+    """16 rankings of 4 composed answers per user, ordered by the user's preference
+    without noise: up to 6 pairs a ranking, preferred first."""
+    return {u: rankings(u, pref, 16, 4, 0.0, seed)
+            for seed, (u, pref) in enumerate(USERS.items())}
 
 
 def test_every_decided_pair_is_judged_once_and_length_is_learnt(
