@@ -8,6 +8,8 @@ answers while one user's adapter changes.
     .venv/bin/python -m bench.learning                             # 4 users, 30 min
     .venv/bin/python -m bench.learning --duration 3600 --users 9   # 8 families
 
+Two settings compared at equal feedback events over pairs of runs: bench.learning_compare.
+
 Targets (issue 12): personal RM accuracy >= 0.85 after 40 rankings, on every user,
 where the shared model is <= 0.6 for users whose preference conflicts with another
 user's; win rate >= 75% with its 95% interval above 50% within 100 feedback events,
@@ -25,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.learning_compare import served
 from demo.__main__ import parse, run
 from demo.preferences import PREFERENCES, conflicting
 
@@ -150,7 +153,8 @@ def main() -> None:
                "settings": result["settings"], "targets_met": verdicts,
                "families_meeting_win_target": family_wins(users),
                "identity": result["identity"],
-               "users": [{k: v for k, v in u.items() if k != "history"} for u in users],
+               "users": [{**{k: v for k, v in u.items() if k != "history"},
+                          "served": served(u["history"])} for u in users],
                "chart": str(paths["chart"])}
     print(table(users))
     print(json.dumps(verdicts, indent=2))

@@ -1,0 +1,117 @@
+"""Two `bench.learning` settings compared at the same number of feedback events, over
+pairs of runs: for each user, the win rate vs base of the version it was served when it
+had sent E events (the base model, 50%, before its first adapter), and per pair of runs
+the difference by preference; then the mean paired difference with its t interval over
+every (pair, preference).
+
+    .venv/bin/python -m bench.learning_compare A1.json:B1.json A2.json:B2.json
+    .venv/bin/python -m bench.learning_compare --at-events 65 run/results.json:other.json
+
+Each side is a `bench.learning --json` summary or a run folder's results.json (the
+demo's data, with the whole history). E defaults to the fewest events any user of any
+run sent, so that every user got there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import t_interval, table, write_result
+
+BASE_WIN = 0.5
+"""The base model against itself: no adapter served yet."""
+
+
+def served(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points of a user's history where its served version or that version's measured
+    win rate changed, in order (what `win_at` needs, without the rest of the history)."""
+    out: list[dict[str, Any]] = []
+    for p in history:
+        point = {k: p[k] for k in ("feedback", "version", "win_rate", "win_lo", "win_hi")}
+        if not out or (out[-1]["version"], out[-1]["win_rate"]) != (p["version"],
+                                                                     p["win_rate"]):
+            out.append(point)
+    return out
+
+
+def win_at(points: Sequence[dict[str, Any]], events: int) -> float:
+    """Win rate vs base of the version served when the user had sent ``events`` events."""
+    win = BASE_WIN
+    for p in points:
+        if p["feedback"] > events:
+            break
+        win = p["win_rate"] if p["version"] else BASE_WIN
+    return win
+
+
+def load_users(path: Path) -> dict[str, dict[str, Any]]:
+    """The users of one run by preference, each with its ``served`` points."""
+    body = json.loads(path.read_text())
+    users: dict[str, dict[str, Any]] = {}
+    for u in body["users"]:
+        if "served" not in u and "history" not in u:
+            raise ValueError(f"{path}: user {u['user']} has no served versions (neither "
+                             "'served' nor 'history'): pass the run folder's results.json")
+        points = u["served"] if "served" in u else served(u["history"])
+        users[u["preference"]] = {"events": u["feedback_events"], "served": points}
+    return users
+
+
+def compare(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]],
+            events: int | None = None) -> dict[str, Any]:
+    """Rows per (pair, preference) and the mean difference A - B with its 95% interval."""
+    for a, b in pairs:
+        if set(a) != set(b):
+            raise ValueError(f"the runs of a pair must play the same preferences: "
+                             f"{sorted(a)} against {sorted(b)}")
+    if events is None:
+        events = min(u["events"] for pair in pairs for run in pair for u in run.values())
+    rows = []
+    for i, (a, b) in enumerate(pairs):
+        for pref in sorted(a):
+            wa, wb = win_at(a[pref]["served"], events), win_at(b[pref]["served"], events)
+            rows.append({"pair": i + 1, "preference": pref, "a": wa, "b": wb,
+                         "difference": wa - wb, "a_events": a[pref]["events"],
+                         "b_events": b[pref]["events"]})
+    mean, low, high = t_interval([r["difference"] for r in rows])
+    return {"at_events": events, "rows": rows, "n": len(rows), "mean": mean, "low": low,
+            "high": high}
+
+
+def _pair_arg(text: str) -> tuple[Path, Path]:
+    a, sep, b = text.partition(":")
+    if not sep or not a or not b:
+        raise argparse.ArgumentTypeError(f"expected A.json:B.json, got {text!r}")
+    return Path(a), Path(b)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("pairs", nargs="+", type=_pair_arg, metavar="A.json:B.json",
+                   help="a run of setting A and a run of setting B on the same preferences")
+    p.add_argument("--at-events", type=int, default=None,
+                   help="feedback events per user (default: the fewest any user sent)")
+    p.add_argument("--json", default=None, help="default bench/results/learning_compare.json")
+    args = p.parse_args()
+    try:
+        result = compare([(load_users(a), load_users(b)) for a, b in args.pairs],
+                         args.at_events)
+    except (OSError, KeyError, ValueError) as exc:
+        p.error(str(exc))
+    print(table(["pair", "preference", "A win", "B win", "A - B, pts", "A events", "B events"],
+                [[r["pair"], r["preference"], r["a"], r["b"], 100 * r["difference"],
+                  r["a_events"], r["b_events"]] for r in result["rows"]]))
+    print(f"at {result['at_events']} events: A - B = {100 * result['mean']:+.1f} points "
+          f"[{100 * result['low']:+.1f}, {100 * result['high']:+.1f}] (95% t interval, "
+          f"n = {result['n']})")
+    write_result("learning_compare", {"pairs": [f"{a}:{b}" for a, b in args.pairs],
+                                      "at_events": args.at_events}, result, args.json)
+
+
+if __name__ == "__main__":
+    main()
