@@ -24,10 +24,10 @@ import json
 import platform
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.learning_compare import served
 from demo.__main__ import parse, run
 from demo.preferences import PREFERENCES, conflicting
 
@@ -41,6 +41,19 @@ def events_to(history: list[dict[str, Any]], target: float) -> int | None:
     interval above 50%."""
     return next((p["feedback"] for p in history
                  if p["win_rate"] >= target and p["win_lo"] > 0.5), None)
+
+
+def served(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points of a user's history where its served version or that version's measured
+    win rate changed, in order: what `bench.learning_compare` reads, without the rest of
+    the history."""
+    out: list[dict[str, Any]] = []
+    for p in history:
+        point = {k: p[k] for k in ("feedback", "version", "win_rate", "win_lo", "win_hi")}
+        if not out or (out[-1]["version"], out[-1]["win_rate"]) != (p["version"],
+                                                                     p["win_rate"]):
+            out.append(point)
+    return out
 
 
 def rm_after(history: list[dict[str, Any]], rankings: int) -> tuple[float, float] | None:

@@ -2,7 +2,8 @@
 pairs of runs: for each user, the win rate vs base of the version it was served when it
 had sent E events (the base model, 50%, before its first adapter), and per pair of runs
 the difference by preference; then the mean paired difference with its t interval over
-every (pair, preference).
+every (pair, preference), and on each side how many users reached bench.learning's win
+target in time.
 
     .venv/bin/python -m bench.learning_compare A1.json:B1.json A2.json:B2.json
     .venv/bin/python -m bench.learning_compare --at-events 65 run/results.json:other.json
@@ -21,21 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import t_interval, table, write_result
+from bench.learning import WIN_TARGET, WIN_WITHIN_EVENTS, events_to, served
 
 BASE_WIN = 0.5
 """The base model against itself: no adapter served yet."""
-
-
-def served(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The points of a user's history where its served version or that version's measured
-    win rate changed, in order (what `win_at` needs, without the rest of the history)."""
-    out: list[dict[str, Any]] = []
-    for p in history:
-        point = {k: p[k] for k in ("feedback", "version", "win_rate", "win_lo", "win_hi")}
-        if not out or (out[-1]["version"], out[-1]["win_rate"]) != (p["version"],
-                                                                     p["win_rate"]):
-            out.append(point)
-    return out
 
 
 def win_at(points: Sequence[dict[str, Any]], events: int) -> float:
@@ -76,10 +66,19 @@ def compare(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]],
             wa, wb = win_at(a[pref]["served"], events), win_at(b[pref]["served"], events)
             rows.append({"pair": i + 1, "preference": pref, "a": wa, "b": wb,
                          "difference": wa - wb, "a_events": a[pref]["events"],
-                         "b_events": b[pref]["events"]})
+                         "b_events": b[pref]["events"], "a_reached": reached(a[pref]),
+                         "b_reached": reached(b[pref])})
     mean, low, high = t_interval([r["difference"] for r in rows])
     return {"at_events": events, "rows": rows, "n": len(rows), "mean": mean, "low": low,
-            "high": high}
+            "high": high, "a_reached": sum(r["a_reached"] for r in rows),
+            "b_reached": sum(r["b_reached"] for r in rows)}
+
+
+def reached(user: dict[str, Any]) -> bool:
+    """Whether the user's served win reached the benchmark's target (75%, its interval
+    above 50%) within its event budget (100 feedback events)."""
+    at = events_to(user["served"], WIN_TARGET)
+    return at is not None and at <= WIN_WITHIN_EVENTS
 
 
 def _pair_arg(text: str) -> tuple[Path, Path]:
@@ -109,6 +108,8 @@ def main() -> None:
     print(f"at {result['at_events']} events: A - B = {100 * result['mean']:+.1f} points "
           f"[{100 * result['low']:+.1f}, {100 * result['high']:+.1f}] (95% t interval, "
           f"n = {result['n']})")
+    print(f"users at {WIN_TARGET:.0%} within {WIN_WITHIN_EVENTS} events: A {result['a_reached']}"
+          f" of {result['n']}, B {result['b_reached']} of {result['n']}")
     write_result("learning_compare", {"pairs": [f"{a}:{b}" for a, b in args.pairs],
                                       "at_events": args.at_events}, result, args.json)
 

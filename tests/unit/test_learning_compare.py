@@ -9,10 +9,13 @@ from typing import Any
 
 import pytest
 
-from bench.learning_compare import compare, load_users, served, win_at
+from bench.learning import served
+from bench.learning_compare import compare, load_users, win_at
 
 
 def _point(feedback: int, version: str, win: float) -> dict[str, Any]:
+    """A history point; a win of 0.9 has its interval above 50% (as with 48
+    comparisons), lower ones are not at the target."""
     return {"t": 0.0, "feedback": feedback, "rankings": feedback, "version": version,
             "rm_accuracy": None, "rm_accuracy_shared": None, "win_rate": win,
             "win_lo": win - 0.1, "win_hi": win + 0.1}
@@ -67,6 +70,17 @@ def test_paired_difference_over_pairs_and_preferences() -> None:
             for r in later["rows"]}[(2, "warm")] == 0.0  # neither warm adapter yet
     opposite = compare([(b1, a1), (b2, a2)])
     assert opposite["mean"] == pytest.approx(-0.125)
+    # 75% with the interval above 50%: a1 and a2 formal (0.8, 0.9), b2 formal (0.75)
+    assert (out["a_reached"], out["b_reached"]) == (2, 1)
+
+
+def test_the_win_target_counts_only_within_the_event_budget() -> None:
+    late = _run({"formal": [(0, "", 0.5), (101, "v1", 0.9)]}, events=120)
+    in_time = _run({"formal": [(0, "", 0.5), (100, "v1", 0.9)]}, events=120)
+    low = _run({"formal": [(0, "", 0.5), (20, "v1", 0.74)]}, events=120)
+    out = compare([(in_time, late), (low, in_time)], events=110)
+    assert [(r["a_reached"], r["b_reached"]) for r in out["rows"]] == [(True, False),
+                                                                       (False, True)]
 
 
 def test_runs_of_a_pair_must_play_the_same_preferences() -> None:
