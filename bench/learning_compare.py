@@ -43,6 +43,9 @@ def load_users(path: Path) -> dict[str, dict[str, Any]]:
     body = json.loads(path.read_text())
     users: dict[str, dict[str, Any]] = {}
     for u in body["users"]:
+        if u["preference"] in users:
+            raise ValueError(f"{path}: two users prefer {u['preference']}; pairing runs by "
+                             "preference needs one user per preference")
         if "served" not in u and "history" not in u:
             raise ValueError(f"{path}: user {u['user']} has no served versions (neither "
                              "'served' nor 'history'): pass the run folder's results.json")
@@ -58,8 +61,12 @@ def compare(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]],
         if set(a) != set(b):
             raise ValueError(f"the runs of a pair must play the same preferences: "
                              f"{sorted(a)} against {sorted(b)}")
+    fewest = min(u["events"] for pair in pairs for run in pair for u in run.values())
     if events is None:
-        events = min(u["events"] for pair in pairs for run in pair for u in run.values())
+        events = fewest
+    elif events > fewest:
+        raise ValueError(f"--at-events {events} is beyond a user who sent only {fewest} "
+                         "events: what it would have been served then is unknown")
     rows = []
     for i, (a, b) in enumerate(pairs):
         for pref in sorted(a):
@@ -94,14 +101,17 @@ def main() -> None:
     p.add_argument("pairs", nargs="+", type=_pair_arg, metavar="A.json:B.json",
                    help="a run of setting A and a run of setting B on the same preferences")
     p.add_argument("--at-events", type=int, default=None,
-                   help="feedback events per user (default: the fewest any user sent)")
+                   help="feedback events per user, at most the fewest any user sent (the "
+                        "default)")
     p.add_argument("--json", default=None, help="default bench/results/learning_compare.json")
     args = p.parse_args()
     try:
         result = compare([(load_users(a), load_users(b)) for a, b in args.pairs],
                          args.at_events)
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         p.error(str(exc))
+    except KeyError as exc:
+        p.error(f"not a bench.learning result (a user lacks {exc})")
     print(table(["pair", "preference", "A win", "B win", "A - B, pts", "A events", "B events"],
                 [[r["pair"], r["preference"], r["a"], r["b"], 100 * r["difference"],
                   r["a_events"], r["b_events"]] for r in result["rows"]]))

@@ -90,6 +90,14 @@ def test_runs_of_a_pair_must_play_the_same_preferences() -> None:
         compare([(a, b)])
 
 
+def test_events_beyond_a_users_last_are_refused() -> None:
+    a = _run({"formal": [(0, "", 0.5), (10, "v1", 0.9)]}, events=70)
+    b = _run({"formal": [(0, "", 0.5)]}, events=90)
+    assert compare([(a, b)], events=70)["rows"][0]["difference"] == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="only 70 events"):
+        compare([(a, b)], events=71)
+
+
 def test_loads_a_summary_or_a_run_history_and_refuses_neither(tmp_path: Path) -> None:
     user = {"user": "fay", "preference": "formal", "feedback_events": 61}
     summary, results, bare = tmp_path / "s.json", tmp_path / "r.json", tmp_path / "b.json"
@@ -100,3 +108,8 @@ def test_loads_a_summary_or_a_run_history_and_refuses_neither(tmp_path: Path) ->
         "formal": {"events": 61, "served": served(HISTORY)}}
     with pytest.raises(ValueError, match="no served versions"):
         load_users(bare)
+    twice = tmp_path / "t.json"
+    twice.write_text(json.dumps({"users": [{**user, "history": HISTORY},
+                                           {**user, "user": "fay2", "history": HISTORY}]}))
+    with pytest.raises(ValueError, match="two users prefer formal"):
+        load_users(twice)
