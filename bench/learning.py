@@ -71,12 +71,16 @@ def annotate(users: list[dict[str, Any]]) -> None:
         u["rm_at_40"] = rm_after(u["history"], RM_AFTER_RANKINGS)
 
 
+def in_time(events_to_target: int | None) -> bool:
+    """Whether a user met the win-rate target within the event budget."""
+    return events_to_target is not None and events_to_target <= WIN_WITHIN_EVENTS
+
+
 def family_wins(users: list[dict[str, Any]]) -> dict[str, bool]:
     """Per family run: whether every user on it met the win-rate target in time."""
     out: dict[str, bool] = {}
     for u in users:
-        ok = u["events_to_75"] is not None and u["events_to_75"] <= WIN_WITHIN_EVENTS
-        out[u["family"]] = out.get(u["family"], True) and ok
+        out[u["family"]] = out.get(u["family"], True) and in_time(u["events_to_75"])
     return out
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import t_interval, table, write_result
-from bench.learning import WIN_TARGET, WIN_WITHIN_EVENTS, events_to, served
+from bench.learning import WIN_TARGET, WIN_WITHIN_EVENTS, events_to, in_time, served
 
 BASE_WIN = 0.5
 """The base model against itself: no adapter served yet."""
@@ -84,8 +84,7 @@ def compare(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]],
 def reached(user: dict[str, Any]) -> bool:
     """Whether the user's served win reached the benchmark's target (75%, its interval
     above 50%) within its event budget (100 feedback events)."""
-    at = events_to(user["served"], WIN_TARGET)
-    return at is not None and at <= WIN_WITHIN_EVENTS
+    return in_time(events_to(user["served"], WIN_TARGET))
 
 
 def _pair_arg(text: str) -> tuple[Path, Path]:

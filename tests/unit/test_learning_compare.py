@@ -14,8 +14,7 @@ from bench.learning_compare import compare, load_users, win_at
 
 
 def _point(feedback: int, version: str, win: float) -> dict[str, Any]:
-    """A history point; a win of 0.9 has its interval above 50% (as with 48
-    comparisons), lower ones are not at the target."""
+    """A history point whose 95% interval is the win rate +- 0.1."""
     return {"t": 0.0, "feedback": feedback, "rankings": feedback, "version": version,
             "rm_accuracy": None, "rm_accuracy_shared": None, "win_rate": win,
             "win_lo": win - 0.1, "win_hi": win + 0.1}
