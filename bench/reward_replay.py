@@ -42,7 +42,7 @@ from bench.reward_model import config, decided
 from demo.preferences import PREFERENCES, Labeler, Preference
 from demo.stats import wilson
 from services.contract.config import KafkaConfig
-from trainer.data.examples import build_examples
+from trainer.data.examples import UserExamples, build_examples
 from trainer.data.preferences import PreferenceConfig
 from trainer.ingest.journal import Journal
 from trainer.reward.data import PairExample, stable_hash
@@ -54,17 +54,28 @@ Data = dict[str, list[PairExample]]
 
 def recorded(run: Path) -> tuple[Data, dict[str, Preference]]:
     """Every user's pairs from the run's journal, and each user's preference."""
+    examples, users = recorded_examples(run)
+    return {u: ex.pairs for u, ex in examples.items()}, users
+
+
+def recorded_examples(run: Path, heldout_fraction: float = 0.0, seed: int = 0,
+                      events: int | None = None
+                      ) -> tuple[dict[str, UserExamples], dict[str, Preference]]:
+    """Every user's training material from the run's journal, as the trainer builds it
+    (the first ``events`` feedback events of each user, or all; prompts held out as a
+    reward model with ``heldout_fraction`` and ``seed`` holds them out), and each user's
+    preference."""
     users = {u["user"]: PREFERENCES[u["preference"]]
              for u in json.loads((run / "results.json").read_text())["users"]}
     kafka = KafkaConfig()
     journal = Journal(run / "trainer-state" / "journal.sqlite", kafka.generations_topic,
                       kafka.feedback_topic)
     try:
-        data = {u: build_examples(u, journal.joined(u), PreferenceConfig(), 0.0).pairs
-                for u in users}
+        examples = {u: build_examples(u, journal.joined(u)[:events], PreferenceConfig(),
+                                      heldout_fraction, seed) for u in users}
     finally:
         journal.close()
-    return data, users
+    return examples, users
 
 
 def relabelled(pref: Preference, user_id: str, pairs: list[PairExample], noise: float,

@@ -113,7 +113,7 @@ def test_gate_refuses_then_publishes(learner_setup, monkeypatch) -> None:  # typ
                                                             cfg.publish.eval_samples))
     trained = snapshot(pool, USER)
     gate.restore(pool, USER, served)
-    score = learner._reward_fn(learner._rm.judge, learner._ppo, USER, prompts)
+    score = gate.rendered_reward(learner._rm.judge, learner._ppo, USER, prompts)
     _, fresh = gate.measure(learner._ppo, USER, prompts, score, score, cfg.publish)
     gate.restore(pool, USER, trained)
     assert kept == fresh

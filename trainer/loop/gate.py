@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +25,7 @@ from trainer.loop.degenerate import OutputHealth, output_health
 from trainer.ppo.config import RewardFn
 from trainer.ppo.experience import collect
 from trainer.ppo.policies import PolicyPool
+from trainer.ppo.rollout import render_prompts
 from trainer.ppo.trainer import PPOTrainer
 from trainer.reward.data import stable_hash
 
@@ -97,6 +98,18 @@ class AdapterSample:
     kl: float
     """Mean per-sequence KL to the base model (NaN when not measured)."""
     health: OutputHealth
+
+
+def rendered_reward(score: Callable[[str, list[str], list[str]], torch.Tensor],
+                    ppo: PPOTrainer, user_id: str,
+                    prompts: Sequence[ChatMessages]) -> RewardFn:
+    """``score`` (a reward head of ``user_id``: the policy head or the judge) as a reward
+    of ``prompts`` rendered by the policy's chat template, in the reward model's prompt
+    format."""
+    as_text = dict(zip(render_prompts(ppo.pool.tokenizer, prompts),
+                       [prompt_text(p) for p in prompts], strict=True))
+    return lambda rendered, completions: score(
+        user_id, [as_text.get(r, r) for r in rendered], completions)
 
 
 def held_out_sample(user_id: str, prompts: Sequence[ChatMessages],

@@ -33,7 +33,7 @@ import torch
 from services.contract.status import LabelerReport, TrainerReport, finite
 from services.contract.store import AdapterStore, StaleParent
 from trainer.config import TrainerConfig
-from trainer.data.chat import ChatMessages, prompt_text
+from trainer.data.chat import ChatMessages
 from trainer.data.examples import UserExamples
 from trainer.loop.gate import (
     AdapterSample,
@@ -41,6 +41,7 @@ from trainer.loop.gate import (
     Snapshot,
     compare,
     held_out_sample,
+    rendered_reward,
     restore,
     snapshot,
     verdict,
@@ -50,7 +51,6 @@ from trainer.loop.working import WorkingCopies, differs, served_weights
 from trainer.metrics import TrainerMetrics
 from trainer.ppo.config import UserProgress
 from trainer.ppo.policies import PolicyPool
-from trainer.ppo.rollout import render_prompts
 from trainer.ppo.trainer import PPOTrainer
 from trainer.reward.config import TrainMetrics
 from trainer.reward.model import PersonalRewardModel
@@ -233,7 +233,7 @@ class Learner:
             self._metrics.rm_loss.labels("user").set(personal.loss)
             if personal.heldout_accuracy is not None:
                 self._metrics.rm_accuracy.observe(personal.heldout_accuracy)
-        reward_fn = self._reward_fn(rm.score, ppo, user_id, ex.train_prompts)
+        reward_fn = rendered_reward(rm.score, ppo, user_id, ex.train_prompts)
         # 2. PPO from the user's current adapter, on the user's own prompts
         self._reload_if_superseded(ppo, user_id)
         self._restore_progress(ppo, user_id)
@@ -253,8 +253,9 @@ class Learner:
         if not gate_prompts:
             return TurnResult(user_id, "waiting: no held-out prompts for the gate yet",
                               steps=steps, ppo_total_steps=ppo.progress(user_id).steps)
-        judge_fn = self._reward_fn(rm.judge, ppo, user_id, gate_prompts)
-        old, new, candidate = compare(ppo, user_id, gate_prompts, judge_fn, reward_fn,
+        judge_fn = rendered_reward(rm.judge, ppo, user_id, gate_prompts)
+        optimised_fn = rendered_reward(rm.score, ppo, user_id, gate_prompts)
+        old, new, candidate = compare(ppo, user_id, gate_prompts, judge_fn, optimised_fn,
                                       self._cfg.publish, served, self._gate_samples)
         if should_stop():  # e.g. the partition moved during the gate: publish nothing
             return TurnResult(user_id, "interrupted", interrupted=True)
@@ -317,17 +318,6 @@ class Learner:
         if schedule.ppo_steps_until_published and not self._store.latest(user_id):
             return schedule.ppo_steps_until_published
         return schedule.ppo_steps_per_turn
-
-    @staticmethod
-    def _reward_fn(score: Callable[[str, list[str], list[str]], torch.Tensor],
-                   ppo: PPOTrainer, user_id: str,
-                   prompts: Sequence[ChatMessages]) -> Callable[..., torch.Tensor]:
-        """``score`` (the policy head or the judge) of rendered prompts, in the reward
-        model's prompt format."""
-        as_text = dict(zip(render_prompts(ppo.pool.tokenizer, prompts),
-                           [prompt_text(p) for p in prompts], strict=True))
-        return lambda rendered, completions: score(
-            user_id, [as_text.get(r, r) for r in rendered], completions)
 
     def _restore_progress(self, ppo: PPOTrainer, user_id: str) -> None:
         if ppo.progress(user_id).steps or not (version := self._store.latest(user_id)):
