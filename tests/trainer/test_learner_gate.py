@@ -14,6 +14,7 @@ import torch
 from services.contract.records import GenerationRecord
 from services.contract.store import AdapterStore
 from trainer.config import PublishConfig, ScheduleConfig, TrainerConfig
+from trainer.data.chat import prompt_text
 from trainer.data.examples import build_examples
 from trainer.data.preferences import FeedbackEvent, PreferenceConfig
 from trainer.ingest.journal import Joined
@@ -26,6 +27,7 @@ from trainer.ppo.config import PPOConfig
 from trainer.ppo.experience import collect
 from trainer.reward.config import RewardModelConfig
 from trainer.reward.data import split_heldout
+from trainer.reward.model import PersonalRewardModel
 
 USER = "gate-user"
 PROMPTS = ["tell me about the sea", "name a fruit", "how are you", "say something",
@@ -82,12 +84,20 @@ def test_gate_refuses_then_publishes(learner_setup, monkeypatch) -> None:  # typ
     assert len(ex.pairs) == 3 * len(PROMPTS) and ex.eval_prompts and ex.train_prompts
     sampled: list[int] = []  # the gate's generations (each adapter sampled on its prompts)
     monkeypatch.setattr(gate, "collect", lambda *a, **k: sampled.append(1) or collect(*a, **k))
+    scored_prompts: set[str] = set()  # what the optimised reward (the policy head) read
+    head_score = PersonalRewardModel.score
+    monkeypatch.setattr(PersonalRewardModel, "score", lambda self, user, prompts, texts: (
+        scored_prompts.update(prompts) or head_score(self, user, prompts, texts)))
 
     # 1. a candidate that does not beat the served adapter by the margin is kept back
     first = learner.turn(USER, ex)
     assert len(sampled) == 2, "the candidate and the served adapter are sampled"
     assert first.decision.startswith("kept: candidate judge reward"), first.decision
     assert first.steps == 2 and store.latest(USER) is None and announced == []
+    assert scored_prompts & {prompt_text(p) for p in ex.eval_prompts}, \
+        "the gate's optimised score covers the held-out prompts"
+    assert scored_prompts <= {prompt_text(p) for p in ex.train_prompts + ex.eval_prompts}, \
+        "the reward model reads every prompt in its own format, not the chat template's"
     pool = learner._ppo.pool
     served = learner._served[USER]
     trained = snapshot(pool, USER)
