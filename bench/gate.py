@@ -223,7 +223,9 @@ def parse_args() -> argparse.Namespace:
                    help="bench.learning run directories (results.json, trainer-state/)")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--events", type=int, default=None,
-                   help="fit on each user's first N feedback events (default: all)")
+                   help="fit on each user's first N feedback events in the journal "
+                        "(every labeler's: a user with three labelers sends three per "
+                        "answer set; default: all)")
     p.add_argument("--users", type=int, default=None, help="the first N users of each run")
     p.add_argument("--turns", type=int, default=6)
     p.add_argument("--gate-prompts", type=int, default=8,
@@ -260,7 +262,8 @@ def main() -> None:
             ex, key = examples[user], f"{run.name}/{user}"
             rm.train_shared(pairs, thumbs)
             fit = rm.train_user(user, ex.pairs, ex.thumbs)
-            fits[key] = {"events": ex.feedback_events, "heldout_pairs": fit.n_heldout_pairs,
+            fits[key] = {"preference": run_prefs[user].name, "events": ex.feedback_events,
+                         "heldout_pairs": fit.n_heldout_pairs,
                          "policy_accuracy": fit.heldout_accuracy,
                          "judge_accuracy": fit.heldout_accuracy_judge,
                          "gate_prompts": min(args.gate_prompts, len(ex.eval_prompts))}
