@@ -124,6 +124,8 @@ def test_gate_refuses_then_publishes(learner_setup, monkeypatch) -> None:  # typ
     trained = snapshot(pool, USER)
     gate.restore(pool, USER, served)
     score = gate.rendered_reward(learner._rm.judge, learner._ppo, USER, prompts)
+    with pytest.raises(ValueError, match="prompts it was not made for"):
+        score(["user: a prompt of no rollout"], ["an answer"])
     _, fresh = gate.measure(learner._ppo, USER, prompts, score, score, cfg.publish)
     gate.restore(pool, USER, trained)
     assert kept == fresh

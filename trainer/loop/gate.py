@@ -105,11 +105,19 @@ def rendered_reward(score: Callable[[str, list[str], list[str]], torch.Tensor],
                     prompts: Sequence[ChatMessages]) -> RewardFn:
     """``score`` (a reward head of ``user_id``: the policy head or the judge) as a reward
     of ``prompts`` rendered by the policy's chat template, in the reward model's prompt
-    format."""
+    format. A prompt outside ``prompts`` is an error: the reward model would read the
+    template's text, a format it was never trained on."""
     as_text = dict(zip(render_prompts(ppo.pool.tokenizer, prompts),
                        [prompt_text(p) for p in prompts], strict=True))
-    return lambda rendered, completions: score(
-        user_id, [as_text.get(r, r) for r in rendered], completions)
+
+    def reward(rendered: list[str], completions: list[str]) -> torch.Tensor:
+        unknown = [r for r in rendered if r not in as_text]
+        if unknown:
+            raise ValueError(f"reward of user {user_id}: {len(unknown)} prompts it was not "
+                             f"made for, e.g. {unknown[0]!r}")
+        return score(user_id, [as_text[r] for r in rendered], completions)
+
+    return reward
 
 
 def held_out_sample(user_id: str, prompts: Sequence[ChatMessages],
