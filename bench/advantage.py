@@ -182,6 +182,16 @@ def answers(pool: PolicyPool, trainer: PPOTrainer, seeds: int, adapter: bool) ->
     return out
 
 
+def base_answers(pool: PolicyPool, config: PPOConfig, seeds: int) -> Answers:
+    """The base model's answers (``answers`` with the adapter off), through a throwaway
+    user whose adapter wraps the model in PEFT so that it can be turned off."""
+    trainer = PPOTrainer(pool, config)
+    pool.activate("base")
+    out = answers(pool, trainer, seeds, adapter=False)
+    trainer.forget("base")
+    return out
+
+
 def judge(preference: Preference, adapted: Answers, base: Answers) -> dict[str, Any]:
     """The adapter's answers against the base model's under ``preference``: the tally of
     ``demo.evaluation.compare``, the mean score gain over the same keys, and the largest
@@ -281,10 +291,7 @@ def main() -> None:
         raise SystemExit(f"--reward {args.reward!r}: 'oracle' or 'recorded:<run dir>'")
     settle()
     pool = PolicyPool.from_pretrained(args.model, base_config)
-    base_trainer = PPOTrainer(pool, base_config)
-    pool.activate("base")  # wraps the model in PEFT, so that its adapter can be turned off
-    base = answers(pool, base_trainer, args.eval_seeds, adapter=False)
-    base_trainer.forget("base")
+    base = base_answers(pool, base_config, args.eval_seeds)
     rows: list[dict[str, Any]] = []
     for seed in (int(x) for x in args.seeds.split(",")):
         for i, preference in enumerate(preferences):

@@ -21,12 +21,12 @@ Training goes on from a refused candidate, so the candidates do not depend on th
 decisions (the KL back-off aside: the product restarts from the served adapter after a
 candidate over the KL bound; here every rule refuses it and training goes on), and every
 rule is replayed over the same candidates. The base model is served first; after each turn
-a rule compares the candidate's gate sample with the served version's (the first
-``prompts`` prompts of the sample) and publishes it or not. Per rule: the served version's
-win after each turn; per user its mean over the turns; the mean over users with a t
-interval, and the paired difference from the product's rule over users; how many
-candidates it published, how many of those lowered the served win, and how many it refused
-that would have raised it by 10 points or more.
+a rule compares the candidate's gate sample with the served version's (the product's
+first ``PublishConfig.eval_prompts`` prompts of it, or all) and publishes it or not. Per
+rule: the served version's win after each turn; per user its mean over the turns; the
+mean over users with a t interval, and the paired difference from the product's rule
+over users; how many candidates it published, how many of those lowered the served win,
+and how many it refused that would have raised it by 10 points or more.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from bench.advantage import answers, judge, oracle
+from bench.advantage import answers, base_answers, judge, oracle
 from bench.common import (
     DEFAULT_MODEL,
     paired_difference,
@@ -88,9 +88,10 @@ Decide = Callable[[Candidate, Candidate], bool]
 """(served, candidate) -> publish the candidate."""
 
 
-def mean_delta(key: str, served: Candidate, new: Candidate, n: int) -> tuple[float, float]:
+def mean_delta(key: str, served: Candidate, new: Candidate,
+               n: int | None) -> tuple[float, float]:
     """The mean paired difference candidate - served of a score over the first ``n`` gate
-    completions (same prompt and seed position), and its standard error."""
+    completions (same prompt and seed position; None: all), and its standard error."""
     diffs = [b - a for a, b in zip(getattr(served, key)[:n], getattr(new, key)[:n],
                                    strict=True)]
     mean = statistics.fmean(diffs)
@@ -98,16 +99,16 @@ def mean_delta(key: str, served: Candidate, new: Candidate, n: int) -> tuple[flo
     return mean, se
 
 
-def rules(publish: PublishConfig, prompts: int) -> dict[str, Decide]:
-    """The rules replayed. Every one also refuses a candidate over the KL bound. ``prompts``:
-    the gate prompts sampled (the product's rule reads the first ``publish.eval_prompts``)."""
+def rules(publish: PublishConfig) -> dict[str, Decide]:
+    """The rules replayed. Every one also refuses a candidate over the KL bound. The
+    product's rule reads the first ``publish.eval_prompts`` prompts of the gate sample; one
+    rule reads all of them."""
     n = publish.eval_prompts * publish.eval_samples  # the product's gate completions
-    wide = prompts * publish.eval_samples
 
     def within_kl(rule: Decide) -> Decide:
         return lambda old, new: new.kl <= publish.kl_bound and rule(old, new)
 
-    def delta(key: str, old: Candidate, new: Candidate, m: int = n) -> float:
+    def delta(key: str, old: Candidate, new: Candidate, m: int | None = n) -> float:
         return mean_delta(key, old, new, m)[0]
 
     def policy_judge_not_worse(old: Candidate, new: Candidate) -> bool:
@@ -116,7 +117,7 @@ def rules(publish: PublishConfig, prompts: int) -> dict[str, Decide]:
 
     out: dict[str, Decide] = {
         "judge (product)": lambda o, c: delta("judge", o, c) > publish.min_improvement,
-        f"judge, {prompts} prompts": lambda o, c: delta("judge", o, c, wide)
+        "judge, every gate prompt": lambda o, c: delta("judge", o, c, None)
         > publish.min_improvement,
         "policy head": lambda o, c: delta("policy", o, c) > 0,
         "judge + policy head": lambda o, c: delta("judge", o, c) + delta("policy", o, c) > 0,
@@ -229,8 +230,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--users", type=int, default=None, help="the first N users of each run")
     p.add_argument("--turns", type=int, default=6)
     p.add_argument("--gate-prompts", type=int, default=8,
-                   help="gate prompts sampled; the product's rule reads the first "
-                        "PublishConfig.eval_prompts of them")
+                   help="gate prompts sampled (at most the user's held-out ones); the "
+                        "product's rule reads the first PublishConfig.eval_prompts of them")
     p.add_argument("--eval-seeds", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None,
@@ -242,13 +243,11 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     cfg = TrainerConfig(ppo=PPOConfig(max_resident_users=2))
-    names = list(rules(cfg.publish, args.gate_prompts))
+    decide = rules(cfg.publish)
+    names = list(decide)
     settle()
     pool = PolicyPool.from_pretrained(args.model, cfg.ppo)
-    base_ppo = PPOTrainer(pool, cfg.ppo)
-    pool.activate("base")  # wraps the model in PEFT, so that its adapter can be turned off
-    base = answers(pool, base_ppo, args.eval_seeds, adapter=False)
-    base_ppo.forget("base")
+    base = base_answers(pool, cfg.ppo, args.eval_seeds)
     per_user: dict[str, dict[str, dict[str, Any]]] = {}
     prefs: dict[str, Preference] = {}
     fits: dict[str, dict[str, Any]] = {}
@@ -270,9 +269,7 @@ def main() -> None:
             print(f"{key} ({run_prefs[user].name}): {fits[key]}", flush=True)
             chain = chain_of(pool, cfg, rm, user, ex, run_prefs[user], base, args.turns,
                              args.gate_prompts, args.eval_seeds)
-            decide = rules(cfg.publish, fits[key]["gate_prompts"])
-            per_user[key] = {name: replay(chain, rule)
-                             for name, rule in zip(names, decide.values(), strict=True)}
+            per_user[key] = {name: replay(chain, rule) for name, rule in decide.items()}
             per_user[key]["chain"] = {"wins": [c.win for c in chain],
                                       "kl": [c.kl for c in chain]}
             prefs[key] = run_prefs[user]

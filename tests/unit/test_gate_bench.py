@@ -44,18 +44,18 @@ def test_mean_delta_pairs_by_position_over_the_first_completions() -> None:
 
 
 def test_the_product_rule_reads_only_its_prompts_and_every_rule_the_kl_bound() -> None:
-    decide = rules(GATE, prompts=4)  # 4 prompts sampled: 8 completions, the product reads 4
+    decide = rules(GATE)  # 4 prompts sampled: 8 completions, the product reads 4
     old = candidate(0, 0.5, [0.0] * 8)
     later_prompts_better = candidate(1, 0.7, [-0.1] * 4 + [5.0] * 4)
     assert not decide["judge (product)"](old, later_prompts_better)
-    assert decide["judge, 4 prompts"](old, later_prompts_better)
+    assert decide["judge, every gate prompt"](old, later_prompts_better)
     over_kl = candidate(1, 0.9, [5.0] * 8, kl=GATE.kl_bound + 0.1)
     assert not any(rule(old, over_kl) for rule in decide.values())
     assert decide["always"](old, candidate(1, 0.1, [-5.0] * 8))
 
 
 def test_policy_head_with_the_judge_not_worse_by_a_standard_error() -> None:
-    decide = rules(GATE, prompts=2)["policy head, judge > -1 SE"]
+    decide = rules(GATE)["policy head, judge > -1 SE"]
     old = candidate(0, 0.5, [0.0] * 4, policy=[0.0] * 4)
     # judge diffs (-0.3, 0.1, -0.3, 0.1): mean -0.1, SE 0.115: within one SE
     slightly_worse = candidate(1, 0.6, [-0.3, 0.1, -0.3, 0.1], policy=[1.0] * 4)
