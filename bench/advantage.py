@@ -62,6 +62,13 @@ from trainer.reward.config import RewardModelConfig
 from trainer.reward.model import PersonalRewardModel
 
 EVAL_SEED = 7_000
+LORA_TARGETS = {
+    "qv": ("q_proj", "v_proj"),
+    "attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mlp": ("gate_proj", "up_proj", "down_proj"),
+    "all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+}
+"""Named sets of a Llama block's linear layers a setting's LoRA may adapt."""
 
 
 @dataclass(frozen=True)
@@ -79,22 +86,25 @@ class Setting:
     epochs: int | None = None
     """Passes over each rollout batch (PPOConfig's ``ppo_epochs``); None: the product's
     default."""
+    lora: tuple[int, str] | None = None
+    """The LoRA's rank and target set (a key of ``LORA_TARGETS``); None: the product's."""
 
     @property
     def name(self) -> str:
-        """``estimator:samples_per_prompt[:lr=<x>][:start=<x>x<n>][:epochs=<n>]``, with
-        ``@recorded`` for the fitted reward."""
+        """``estimator:samples_per_prompt[:lr=<x>][:start=<x>x<n>][:epochs=<n>]
+        [:lora=<rank>x<targets>]``, with ``@recorded`` for the fitted reward."""
         lr = "" if self.lr is None else f":lr={self.lr:g}"
         start = "" if self.start is None else f":start={self.start[0]:g}x{self.start[1]}"
         epochs = "" if self.epochs is None else f":epochs={self.epochs}"
+        lora = "" if self.lora is None else f":lora={self.lora[0]}x{self.lora[1]}"
         suffix = "" if self.reward == "oracle" else f"@{self.reward}"
-        return f"{self.advantage}:{self.samples_per_prompt}{lr}{start}{epochs}{suffix}"
+        return f"{self.advantage}:{self.samples_per_prompt}{lr}{start}{epochs}{lora}{suffix}"
 
     @classmethod
     def parse(cls, name: str, reward: str = "oracle") -> Setting:
         body, _, named_reward = name.partition("@")
         estimator, samples, *options = body.split(":")
-        lr, start, epochs = None, None, None
+        lr, start, epochs, lora = None, None, None, None
         for option in options:
             key, _, value = option.partition("=")
             if key == "lr":
@@ -104,18 +114,26 @@ class Setting:
                 start = (float(rate), int(steps))
             elif key == "epochs":
                 epochs = int(value)
+            elif key == "lora" and value.partition("x")[2] in LORA_TARGETS:
+                rank, _, targets = value.partition("x")
+                lora = (int(rank), targets)
             else:
-                raise ValueError(f"setting {name!r}: unknown option {option!r} "
-                                 f"(lr=<x>, start=<x>x<iterations>, epochs=<n>)")
-        return cls(estimator, int(samples), named_reward or reward, lr, start, epochs)
+                raise ValueError(f"setting {name!r}: unknown option {option!r} (lr=<x>, "
+                                 f"start=<x>x<iterations>, epochs=<n>, lora=<rank>x<"
+                                 f"{'|'.join(LORA_TARGETS)}>)")
+        return cls(estimator, int(samples), named_reward or reward, lr, start, epochs, lora)
 
     def config(self, base: PPOConfig, seed: int) -> PPOConfig:
-        """``base`` with this setting's estimator, learning rates, epochs and ``seed``."""
+        """``base`` with this setting's estimator, learning rates, epochs, LoRA and
+        ``seed``."""
         lr_start, lr_start_steps = self.start or (base.lr_start, base.lr_start_steps)
+        rank, targets = ((base.lora_r, base.lora_target_modules) if self.lora is None
+                         else (self.lora[0], LORA_TARGETS[self.lora[1]]))
         return replace(base, advantage=self.advantage, samples_per_prompt=self.samples_per_prompt,
                        seed=seed, lr=base.lr if self.lr is None else self.lr,
                        lr_start=lr_start, lr_start_steps=lr_start_steps,
-                       ppo_epochs=base.ppo_epochs if self.epochs is None else self.epochs)
+                       ppo_epochs=base.ppo_epochs if self.epochs is None else self.epochs,
+                       lora_r=rank, lora_target_modules=targets)
 
 
 def checkpoint_name(setting: Setting, iterations: int, checkpoints: Sequence[int]) -> str:
@@ -226,6 +244,8 @@ def run_one(pool: PolicyPool, base_config: PPOConfig, setting: Setting, preferen
         name = checkpoint_name(setting, checkpoint, checkpoints)
         row = {"setting": name, "preference": preference.name, "repeat": seed,  # the seed
                "iterations": checkpoint, "train_s": train_s,
+               "lora_parameters": sum(p.numel() for n, p in pool.model.named_parameters()
+                                      if p.requires_grad and "lora_" in n),
                "iteration_s": train_s / max(result.total_steps, 1),
                "last_scores": [m.score for m in result.history[-2:]],
                "kl": result.kl, **judge(preference, adapted, base)}
@@ -290,14 +310,23 @@ def main() -> None:
     else:
         raise SystemExit(f"--reward {args.reward!r}: 'oracle' or 'recorded:<run dir>'")
     settle()
-    pool = PolicyPool.from_pretrained(args.model, base_config)
-    base = base_answers(pool, base_config, args.eval_seeds)
+    pools: dict[tuple[int, tuple[str, ...]], PolicyPool] = {}
+
+    def pool_for(setting: Setting) -> PolicyPool:
+        """A policy pool per LoRA shape (a pool's adapters share one LoRA config)."""
+        config = setting.config(base_config, 0)
+        key = (config.lora_r, config.lora_target_modules)
+        if key not in pools:
+            pools[key] = PolicyPool.from_pretrained(args.model, config)
+        return pools[key]
+
+    base = base_answers(pool_for(settings[0]), base_config, args.eval_seeds)
     rows: list[dict[str, Any]] = []
     for seed in (int(x) for x in args.seeds.split(",")):
         for i, preference in enumerate(preferences):
             order = settings if (i + seed) % 2 == 0 else settings[::-1]
             for setting in order:
-                rows.extend(run_one(pool, base_config, setting, preference, seed,
+                rows.extend(run_one(pool_for(setting), base_config, setting, preference, seed,
                                     checkpoints, base, args.eval_seeds,
                                     rewards[preference.name]))
     summary = summarise(rows, names, preferences)
