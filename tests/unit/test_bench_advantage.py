@@ -72,3 +72,18 @@ def test_a_setting_may_change_the_passes_over_a_rollout() -> None:
     assert setting.epochs == 4 and Setting.parse(setting.name) == setting
     assert setting.config(PPOConfig(), seed=0).ppo_epochs == 4
     assert Setting.parse("gae:1").config(PPOConfig(ppo_epochs=3), seed=0).ppo_epochs == 3
+
+
+def test_a_setting_may_name_the_loras_rank_and_targets() -> None:
+    setting = Setting.parse("gae:1:lora=2xall")
+    assert setting.lora == (2, "all") and Setting.parse(setting.name) == setting
+    config = setting.config(PPOConfig(), seed=0)
+    assert config.lora_r == 2
+    assert config.lora_target_modules == ("q_proj", "k_proj", "v_proj", "o_proj",
+                                          "gate_proj", "up_proj", "down_proj")
+    default = PPOConfig()
+    plain = Setting.parse("gae:1").config(default, seed=0)
+    assert (plain.lora_r, plain.lora_target_modules) == (default.lora_r,
+                                                         default.lora_target_modules)
+    with pytest.raises(ValueError, match="lora=<rank>x"):
+        Setting.parse("gae:1:lora=2xeverything")
