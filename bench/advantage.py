@@ -7,9 +7,11 @@ against an exact reward or the reward model a recorded run's rankings fit.
     python -m bench.advantage --combine a.json b.json   # pool two runs' seeds
 
 Each setting of ``--settings``
-(``estimator:samples_per_prompt[:lr=<x>][:start=<x>x<n>][:epochs=<n>]``; start: the first
-n iterations at learning rate x; epochs: passes over each rollout) trains a fresh
-per-user LoRA with the product's PPO (``trainer.ppo``, its defaults otherwise) for
+(``estimator:samples_per_prompt[:lr=<x>][:start=<x>x<n>][:epochs=<n>][:lora=<r>x<set>]``;
+start: the first n iterations at learning rate x; epochs: passes over each rollout; lora:
+the LoRA's rank and the layers it adapts, ``qv``, ``attn``, ``mlp`` or ``all``, each
+row counting its trainable parameters) trains a fresh per-user LoRA with the product's
+PPO (``trainer.ppo``, its defaults otherwise) for
 ``--iterations`` iterations against one hidden preference of ``demo.preferences`` used
 as the reward (its noise-free score: a perfect reward model, so that only the policy
 update differs), or, with ``--reward recorded:<run>``, against the personal reward model
