@@ -32,7 +32,9 @@ interval, and each schedule's paired difference from the first.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ from bench.reward_replay import recorded_examples
 from demo.evaluation import Answers
 from demo.preferences import Preference
 from trainer.config import TrainerConfig
+from trainer.data.examples import UserExamples
 from trainer.loop.gate import rendered_reward
 from trainer.ppo.config import PPOConfig
 from trainer.ppo.policies import PolicyPool
@@ -73,9 +76,13 @@ def parse_schedule(text: str) -> Schedule:
     return Schedule(name, events)
 
 
-def chain(run: Path, user: str, schedule: Schedule, pool: PolicyPool, cfg: TrainerConfig,
-          encoder: TextEncoder, base: Answers, eval_seeds: int, every_turn: bool
-          ) -> tuple[list[dict[str, Any]], Preference]:
+Material = Callable[[int], tuple[dict[str, UserExamples], dict[str, Preference]]]
+"""n -> every user's training material from a run's first n events, and their preferences."""
+
+
+def chain(material: Material, user: str, schedule: Schedule, pool: PolicyPool,
+          cfg: TrainerConfig, encoder: TextEncoder, base: Answers, eval_seeds: int,
+          every_turn: bool) -> tuple[list[dict[str, Any]], Preference]:
     """One user's adapter trained turn by turn under ``schedule``: per turn, the events,
     the reward model's held-out accuracy and the rollout KL; the win vs base after the
     last turn (or every one)."""
@@ -86,7 +93,7 @@ def chain(run: Path, user: str, schedule: Schedule, pool: PolicyPool, cfg: Train
     rows: list[dict[str, Any]] = []
     pref: Preference | None = None
     for turn, n in enumerate(schedule.events, start=1):
-        examples, prefs = recorded_examples(run, cfg.reward.heldout_fraction, cfg.reward.seed, n)
+        examples, prefs = material(n)
         ex, pref = examples[user], prefs[user]
         rm.train_shared([p for e in examples.values() for p in e.pairs],
                         [t for e in examples.values() for t in e.thumbs])
@@ -151,14 +158,17 @@ def main() -> None:
     per_user: dict[str, dict[str, Any]] = {}
     finals: dict[str, dict[str, float]] = {}
     for run in args.run:
-        users = list(recorded_examples(run, events=1)[1])[:args.users]
+        # the journal read once per event count, whichever schedules and users ask for it
+        material: Material = cache(lambda n, run=run: recorded_examples(
+            run, cfg.reward.heldout_fraction, cfg.reward.seed, n))
+        users = list(material(1)[1])[:args.users]
         for user in (u for u in users if not only or u in only):
             key = f"{run.name}/{user}"
             per_user[key] = {}
             # interleaved: the schedules' order alternates from one user to the next
             order = args.schedule if len(per_user) % 2 else args.schedule[::-1]
             for schedule in order:
-                rows, pref = chain(run, user, schedule, pool, cfg, encoder, base,
+                rows, pref = chain(material, user, schedule, pool, cfg, encoder, base,
                                    args.eval_seeds, args.every_turn)
                 per_user[key] |= {"preference": pref.name, schedule.name: rows}
             finals[key] = {n: per_user[key][n][-1]["win"] for n in names}
