@@ -49,7 +49,15 @@ from typing import Any
 
 import torch
 
-from bench.common import DEFAULT_MODEL, paired_difference, settle, table, write_result
+from bench.common import (
+    DEFAULT_MODEL,
+    LORA_TARGETS,
+    LoraShape,
+    paired_difference,
+    settle,
+    table,
+    write_result,
+)
 from bench.reward_replay import recorded
 from demo.evaluation import Answers, compare, leakage, worst
 from demo.preferences import PREFERENCES, Preference
@@ -64,13 +72,6 @@ from trainer.reward.config import RewardModelConfig
 from trainer.reward.model import PersonalRewardModel
 
 EVAL_SEED = 7_000
-LORA_TARGETS = {
-    "qv": ("q_proj", "v_proj"),
-    "attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "mlp": ("gate_proj", "up_proj", "down_proj"),
-    "all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-}
-"""Named sets of a Llama block's linear layers a setting's LoRA may adapt."""
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,8 @@ class Setting:
     epochs: int | None = None
     """Passes over each rollout batch (PPOConfig's ``ppo_epochs``); None: the product's
     default."""
-    lora: tuple[int, str] | None = None
-    """The LoRA's rank and target set (a key of ``LORA_TARGETS``); None: the product's."""
+    lora: LoraShape | None = None
+    """The LoRA's rank and target set; None: the product's."""
 
     @property
     def name(self) -> str:
@@ -98,7 +99,7 @@ class Setting:
         lr = "" if self.lr is None else f":lr={self.lr:g}"
         start = "" if self.start is None else f":start={self.start[0]:g}x{self.start[1]}"
         epochs = "" if self.epochs is None else f":epochs={self.epochs}"
-        lora = "" if self.lora is None else f":lora={self.lora[0]}x{self.lora[1]}"
+        lora = "" if self.lora is None else f":lora={self.lora.name}"
         suffix = "" if self.reward == "oracle" else f"@{self.reward}"
         return f"{self.advantage}:{self.samples_per_prompt}{lr}{start}{epochs}{lora}{suffix}"
 
@@ -116,9 +117,8 @@ class Setting:
                 start = (float(rate), int(steps))
             elif key == "epochs":
                 epochs = int(value)
-            elif key == "lora" and value.partition("x")[2] in LORA_TARGETS:
-                rank, _, targets = value.partition("x")
-                lora = (int(rank), targets)
+            elif key == "lora":
+                lora = LoraShape.parse(value)
             else:
                 raise ValueError(f"setting {name!r}: unknown option {option!r} (lr=<x>, "
                                  f"start=<x>x<iterations>, epochs=<n>, lora=<rank>x<"
@@ -130,7 +130,7 @@ class Setting:
         ``seed``."""
         lr_start, lr_start_steps = self.start or (base.lr_start, base.lr_start_steps)
         rank, targets = ((base.lora_r, base.lora_target_modules) if self.lora is None
-                         else (self.lora[0], LORA_TARGETS[self.lora[1]]))
+                         else (self.lora.rank, self.lora.modules))
         return replace(base, advantage=self.advantage, samples_per_prompt=self.samples_per_prompt,
                        seed=seed, lr=base.lr if self.lr is None else self.lr,
                        lr_start=lr_start, lr_start_steps=lr_start_steps,

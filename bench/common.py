@@ -127,18 +127,53 @@ def private_stack(model: str, *, trainer: bool = False, env: dict[str, str] | No
 # --- synthetic adapters ---------------------------------------------------------------------
 
 
-def make_adapters(base_dir: Path, out_root: Path, names: Sequence[str], rank: int = 8,
-                  seed: int = 0) -> list[Path]:
-    """Rank-``rank`` PEFT adapters on q_proj/v_proj with random non-zero weights, one per
-    name, from a single load of the base model (``tests.support.adapters`` loads it per
-    adapter)."""
+LORA_TARGETS = {
+    "qv": ("q_proj", "v_proj"),
+    "attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mlp": ("gate_proj", "up_proj", "down_proj"),
+    "all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+}
+"""Named sets of a Llama block's linear layers a LoRA may adapt."""
+
+
+@dataclass(frozen=True)
+class LoraShape:
+    """A LoRA's rank and the named set of layers it adapts (a key of ``LORA_TARGETS``)."""
+
+    rank: int
+    targets: str
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        return LORA_TARGETS[self.targets]
+
+    @property
+    def name(self) -> str:
+        return f"{self.rank}x{self.targets}"
+
+    @classmethod
+    def parse(cls, value: str) -> LoraShape:
+        """``<rank>x<qv|attn|mlp|all>``, e.g. ``8xqv`` (the product's default) or ``2xmlp``."""
+        rank, _, targets = value.partition("x")
+        if not rank.isdigit() or int(rank) < 1 or targets not in LORA_TARGETS:
+            raise ValueError(f"LoRA {value!r}: expected <rank>x<{'|'.join(LORA_TARGETS)}>, "
+                             "e.g. 8xqv")
+        return cls(int(rank), targets)
+
+
+def make_adapters(base_dir: Path, out_root: Path, names: Sequence[str],
+                  shape: LoraShape = LoraShape(8, "qv"), seed: int = 0) -> list[Path]:
+    """PEFT adapters of ``shape`` (default rank 8 on q_proj/v_proj) with random non-zero
+    weights, one per name, from a single load of the base model
+    (``tests.support.adapters`` loads it per adapter)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"],
-                        lora_dropout=0.0, init_lora_weights=False)
+    config = LoraConfig(r=shape.rank, lora_alpha=2 * shape.rank,
+                        target_modules=list(shape.modules), lora_dropout=0.0,
+                        init_lora_weights=False)
     peft_model = get_peft_model(model, config)
     lora = [p for n, p in peft_model.named_parameters() if "lora_" in n]
     out = []

@@ -34,6 +34,7 @@ from bench.common import (
     DEFAULT_MODEL,
     PROMPTS,
     Deadline,
+    LoraShape,
     Publisher,
     make_adapters,
     median,
@@ -97,35 +98,53 @@ def prepare_users(client: AssistantClient, target: Target, adapters: dict[str, P
         time.sleep(0.5)
 
 
-def summarise(passes: dict[int, list[dict[str, float]]]) -> list[dict[str, Any]]:
-    """One row per adapter count: median pass, and its ratio to the base model's."""
-    base = median([p["tokens_per_s"] for p in passes[0]])
+Group = tuple[str, int]
+"""A pass's users: the LoRA shape's name and the adapter count (``("", 0)``: the base)."""
+BASE: Group = ("", 0)
+
+
+def summarise(passes: dict[Group, list[dict[str, float]]]) -> list[dict[str, Any]]:
+    """One row per LoRA shape and adapter count: median pass, and its ratio to the base
+    model's."""
+    base = median([p["tokens_per_s"] for p in passes[BASE]])
     rows = []
-    for n, ps in passes.items():
+    for (lora, n), ps in passes.items():
         tps = median([p["tokens_per_s"] for p in ps])
-        rows.append({"adapters": n, "tokens_per_s": tps, "ratio_vs_base": tps / base,
+        rows.append({"lora": lora, "adapters": n, "tokens_per_s": tps,
+                     "ratio_vs_base": tps / base,
                      "latency_p50_s": median([p["latency_p50_s"] for p in ps]),
                      "latency_p99_s": median([p["latency_p99_s"] for p in ps]),
                      "passes": ps})
     return rows
 
 
+def user_groups(tag: str, shapes: list[LoraShape], counts: list[int]) -> dict[Group, list[str]]:
+    """The base model's user, then ``n`` distinct users per shape and count."""
+    return {BASE: [f"{tag}-base"]} | {
+        (shape.name, n): [f"{tag}-{shape.name}-n{n}-{i}" for i in range(n)]
+        for shape in shapes for n in counts}
+
+
 def measure(args: argparse.Namespace, targets: list[Target]) -> dict[str, Any]:
     counts = [int(x) for x in args.adapters.split(",")]
-    tag = f"serve{int(time.time()) % 100000}"
-    groups = {0: [f"{tag}-base"]} | {n: [f"{tag}-n{n}-{i}" for i in range(n)] for n in counts}
+    shapes = [LoraShape.parse(x) for x in args.lora.split(",")]
+    groups = user_groups(f"serve{int(time.time()) % 100000}", shapes, counts)
     budget = Deadline(args.max_seconds)
     with contextlib.ExitStack() as stack:
         clients = [stack.enter_context(AssistantClient(t.address, timeout_s=600))
                    for t in targets]
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        names = [u for n in counts for u in groups[n]]
-        adapters = dict(zip(names, make_adapters(Path(args.model), tmp, names), strict=True))
+        adapters: dict[str, Path] = {}
+        for shape in shapes:
+            names = [u for n in counts for u in groups[(shape.name, n)]]
+            adapters |= dict(zip(names, make_adapters(Path(args.model), tmp, names, shape),
+                                 strict=True))
         for client, target in zip(clients, targets, strict=True):
             prepare_users(client, target, adapters)
             for users in groups.values():  # warm-up: every adapter activated once
                 run_pass(client, users, max(len(users), 8), 4, args.concurrency)
-        passes = [{n: [] for n in groups} for _ in targets]
+        passes: list[dict[Group, list[dict[str, float]]]] = [{g: [] for g in groups}
+                                                             for _ in targets]
         for repeat in range(args.repeats):
             if repeat and budget.passed():
                 print("time budget used up: fewer repeats", flush=True)
@@ -133,22 +152,23 @@ def measure(args: argparse.Namespace, targets: list[Target]) -> dict[str, Any]:
             for k, (client, target) in enumerate(zip(clients, targets, strict=True)):
                 if len(targets) > 1:
                     time.sleep(SWITCH_PAUSE_S)
-                for n, users in groups.items():
-                    passes[k][n].append(run_pass(client, users, args.requests, args.tokens,
-                                                 args.concurrency))
-                    print(f"repeat {repeat + 1} ops {target.ops or 'server'} adapters "
-                          f"{n or 'base'}: {passes[k][n][-1]['tokens_per_s']:.1f} tokens/s",
-                          flush=True)
+                for (lora, n), users in groups.items():
+                    passes[k][(lora, n)].append(run_pass(client, users, args.requests,
+                                                         args.tokens, args.concurrency))
+                    print(f"repeat {repeat + 1} ops {target.ops or 'server'} "
+                          f"{f'{n} {lora} adapters' if n else 'base'}: "
+                          f"{passes[k][(lora, n)][-1]['tokens_per_s']:.1f} tokens/s", flush=True)
         profiles: dict[str, Any] = {}
         if args.profile:
+            largest = (shapes[0].name, max(counts))
             for client, target in zip(clients, targets, strict=True):
                 if not target.engine:
                     continue
                 time.sleep(SWITCH_PAUSE_S)
-                for n in (0, max(counts)):
-                    profiles[f"{target.ops}:{n}"] = profile_engine(
-                        target.engine, lambda n=n, c=client: run_pass(
-                            c, groups[n], args.requests, args.tokens, args.concurrency))
+                for group in (BASE, largest):
+                    profiles[f"{target.ops}:{group[1]}"] = profile_engine(
+                        target.engine, lambda g=group, c=client: run_pass(
+                            c, groups[g], args.requests, args.tokens, args.concurrency))
     return {"by_ops": [{"ops": t.ops, "rows": summarise(p)}
                        for t, p in zip(targets, passes, strict=True)],
             "rows": summarise(passes[0]), "profile": profiles}
@@ -156,11 +176,12 @@ def measure(args: argparse.Namespace, targets: list[Target]) -> dict[str, Any]:
 
 def print_tables(result: dict[str, Any]) -> None:
     """The throughput table (every stack's rows) and any profiles."""
-    rows = [[block["ops"] or "server", r["adapters"] or "base", r["tokens_per_s"],
-             r["ratio_vs_base"], r["latency_p50_s"], r["latency_p99_s"], len(r["passes"])]
+    rows = [[block["ops"] or "server", r["lora"] or "-", r["adapters"] or "base",
+             r["tokens_per_s"], r["ratio_vs_base"], r["latency_p50_s"], r["latency_p99_s"],
+             len(r["passes"])]
             for block in result["by_ops"] for r in block["rows"]]
-    print(table(["lora ops", "adapters", "tokens/s", "vs base", "p50 s", "p99 s", "passes"],
-                rows))
+    print(table(["lora ops", "lora", "adapters", "tokens/s", "vs base", "p50 s", "p99 s",
+                 "passes"], rows))
     for key, by_process in result["profile"].items():
         for name, prof in by_process.items():
             if "shares" not in prof:
@@ -180,6 +201,9 @@ def main() -> None:
     p.add_argument("--bootstrap", default="127.0.0.1:9092", help="its Kafka (--server)")
     p.add_argument("--model-id", default="", help="served model id (default: dir name)")
     p.add_argument("--adapters", default="1,8,64")
+    p.add_argument("--lora", default="8xqv",
+                   help="adapter shapes, <rank>x<qv|attn|mlp|all>, comma-separated (each is "
+                        "timed at every --adapters count, interleaved)")
     p.add_argument("--requests", type=int, default=64, help="requests per pass")
     p.add_argument("--tokens", type=int, default=48, help="max_tokens per request (greedy)")
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight")

@@ -3,9 +3,12 @@ chat-templated prompt, and settings are compared pair by pair over (family, seed
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bench.advantage import Setting, oracle, question_of, summarise
+from bench.common import LoraShape
 from demo.preferences import PREFERENCES
 from trainer.ppo.config import PPOConfig
 
@@ -76,7 +79,7 @@ def test_a_setting_may_change_the_passes_over_a_rollout() -> None:
 
 def test_a_setting_may_name_the_loras_rank_and_targets() -> None:
     setting = Setting.parse("gae:1:lora=2xall")
-    assert setting.lora == (2, "all") and Setting.parse(setting.name) == setting
+    assert setting.lora == LoraShape(2, "all") and Setting.parse(setting.name) == setting
     config = setting.config(PPOConfig(), seed=0)
     assert config.lora_r == 2
     assert config.lora_target_modules == ("q_proj", "k_proj", "v_proj", "o_proj",
@@ -85,5 +88,6 @@ def test_a_setting_may_name_the_loras_rank_and_targets() -> None:
     plain = Setting.parse("gae:1").config(default, seed=0)
     assert (plain.lora_r, plain.lora_target_modules) == (default.lora_r,
                                                          default.lora_target_modules)
-    with pytest.raises(ValueError, match="lora=<rank>x"):
-        Setting.parse("gae:1:lora=2xeverything")
+    for bad in ("2xeverything", "0xqv", "xqv", "8"):
+        with pytest.raises(ValueError, match=re.escape("expected <rank>x<qv|attn|mlp|all>")):
+            Setting.parse(f"gae:1:lora={bad}")
