@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -333,3 +333,20 @@ def paired_difference(ours: Sequence[float], theirs: Sequence[float],
     mean, mean_low, mean_high = t_interval(diffs, level)
     return {"median": median(diffs), "low": low, "high": high, "mean": mean,
             "mean_low": mean_low, "mean_high": mean_high, "n": float(len(diffs))}
+
+
+def means_vs_first(per_user: Mapping[str, Mapping[str, float]], names: Sequence[str],
+                   key: str = "mean_win") -> dict[str, dict[str, Any]]:
+    """Per name: the mean over users of ``per_user[user][name]`` (as ``key``, with a t
+    interval ``low``/``high`` and ``n_users``) and, past the first name, the paired
+    difference from the first (``vs_first``, ``paired_difference``)."""
+    users = list(per_user)
+    first = [per_user[u][names[0]] for u in users]
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        values = [per_user[u][name] for u in users]
+        mean, low, high = t_interval(values)
+        out[name] = {key: mean, "low": low, "high": high, "n_users": len(users)}
+        if name != names[0]:
+            out[name]["vs_first"] = paired_difference(values, first)
+    return out

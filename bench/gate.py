@@ -43,9 +43,8 @@ import torch
 from bench.advantage import answers, base_answers, judge, oracle
 from bench.common import (
     DEFAULT_MODEL,
-    paired_difference,
+    means_vs_first,
     settle,
-    t_interval,
     table,
     write_result,
 )
@@ -185,18 +184,11 @@ def summarise(per_user: dict[str, dict[str, dict[str, Any]]],
     """Per rule: the mean over users of each user's mean served win (t interval), the
     paired difference from the first rule, and the publish counts."""
     users = list(per_user)
-    first = names[0]
-    out: dict[str, Any] = {}
+    out = means_vs_first({u: {n: per_user[u][n]["mean_served_win"] for n in names}
+                          for u in users}, names, key="mean_served_win")
     for name in names:
-        means = [per_user[u][name]["mean_served_win"] for u in users]
-        mean, lo, hi = t_interval(means)
-        row = {"mean_served_win": mean, "low": lo, "high": hi, "n_users": len(users),
-               **{k: sum(per_user[u][name][k] for u in users)
-                  for k in ("published", "lowered", "missed")}}
-        if name != first:
-            row["vs_first"] = paired_difference(
-                means, [per_user[u][first]["mean_served_win"] for u in users])
-        out[name] = row
+        out[name] |= {k: sum(per_user[u][name][k] for u in users)
+                      for k in ("published", "lowered", "missed")}
     return out
 
 

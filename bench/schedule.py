@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from bench.advantage import answers, base_answers, judge
-from bench.common import DEFAULT_MODEL, paired_difference, settle, t_interval, table, write_result
+from bench.common import DEFAULT_MODEL, means_vs_first, settle, table, write_result
 from bench.reward_replay import recorded_examples
 from demo.evaluation import Answers
 from demo.preferences import Preference
@@ -117,15 +117,7 @@ def chain(material: Material, user: str, schedule: Schedule, pool: PolicyPool,
 def summarise(finals: dict[str, dict[str, float]], names: list[str]) -> dict[str, Any]:
     """Per schedule: the mean final win over users (t interval) and the paired difference
     from the first schedule."""
-    users = list(finals)
-    out: dict[str, Any] = {}
-    for name in names:
-        wins = [finals[u][name] for u in users]
-        mean, lo, hi = t_interval(wins)
-        out[name] = {"mean_win": mean, "low": lo, "high": hi, "n_users": len(users)}
-        if name != names[0]:
-            out[name]["vs_first"] = paired_difference(wins, [finals[u][names[0]] for u in users])
-    return out
+    return means_vs_first(finals, names)
 
 
 def parse_args() -> argparse.Namespace:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.gate import Candidate, mean_delta, replay, rules
+from bench.gate import Candidate, mean_delta, replay, rules, summarise
 from trainer.config import PublishConfig
 
 GATE = PublishConfig(eval_prompts=2, eval_samples=2, kl_bound=10.0)
@@ -64,3 +64,17 @@ def test_policy_head_with_the_judge_not_worse_by_a_standard_error() -> None:
     assert not decide(old, clearly_worse)
     policy_lower = candidate(1, 0.6, [1.0] * 4, policy=[-1.0] * 4)
     assert not decide(old, policy_lower)
+
+
+def test_summary_pairs_each_rule_with_the_first_and_adds_up_the_publishes() -> None:
+    def served(win: float, published: int) -> dict[str, float]:
+        return {"mean_served_win": win, "published": published, "lowered": 1, "missed": 0}
+
+    per_user = {"u1": {"a": served(0.5, 2), "b": served(0.7, 3)},
+                "u2": {"a": served(0.9, 1), "b": served(0.8, 1)}}
+    out = summarise(per_user, ["a", "b"])
+    assert out["a"]["mean_served_win"] == pytest.approx(0.7)
+    assert (out["a"]["published"], out["b"]["published"], out["b"]["lowered"]) == (3, 4, 2)
+    assert "vs_first" not in out["a"]
+    assert out["b"]["vs_first"]["mean"] == pytest.approx(0.05)  # +0.2 and -0.1
+    assert out["b"]["n_users"] == 2
