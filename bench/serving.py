@@ -5,6 +5,12 @@ adapters, same prompts, greedy, side by side in one run, with the project's CPU 
     python -m bench.serving                      # two private stacks (about 10-12 min)
     python -m bench.serving --ops fast           # one stack, ours only
     python -m bench.serving --server HOST:PORT --store DIR --bootstrap HOST:PORT
+    python -m bench.serving --ops fast --lora 8xqv,2xmlp --max-cpu-loras 160
+
+The adapters are random LoRAs of each ``--lora`` shape (rank x layer set: ``qv``, ``attn``,
+``mlp`` or ``all``; default the trainer's, rank 8 on q_proj/v_proj), a distinct set per
+shape and count, all of them held in the engine's adapter cache (``--max-cpu-loras``;
+the run is refused otherwise, since reloads would be timed).
 
 One private stack per ``--ops`` value (``EngineConfig.lora_cpu_ops``), both up for the
 whole run, the same adapter files published to each. Every user's adapter is published
@@ -220,6 +226,15 @@ def main() -> None:
                    help="no new repeat starts after this (start-up excluded)")
     p.add_argument("--out", default="")
     args = p.parse_args()
+    try:
+        shapes = [LoraShape.parse(x) for x in args.lora.split(",")]
+    except ValueError as e:
+        p.error(str(e))
+    adapters = len(shapes) * sum(int(x) for x in args.adapters.split(","))
+    if not args.server and adapters > args.max_cpu_loras:
+        p.error(f"{adapters} adapters do not fit the engine's cache (--max-cpu-loras "
+                f"{args.max_cpu_loras}): they would be evicted and reloaded within the timed "
+                "passes; raise --max-cpu-loras")
     settle()
     settings = vars(args).copy()
     if args.server:
