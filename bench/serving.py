@@ -219,7 +219,8 @@ def main() -> None:
     p.add_argument("--dtype", default="", help="engine dtype (default: the server's, auto)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment of the private stack (e.g. VLLM_CPU_OMP_THREADS_BIND)")
-    p.add_argument("--profile", action="store_true", help="sample the engine with py-spy")
+    p.add_argument("--profile", action="store_true",
+                   help="sample the engine with py-spy (base, and the first shape's largest count)")
     p.add_argument("--ops", default="fast,vllm",
                    help="CPU LoRA ops, one private stack each (EngineConfig.lora_cpu_ops)")
     p.add_argument("--max-seconds", type=float, default=600,
