@@ -131,9 +131,8 @@ def user_groups(tag: str, shapes: list[LoraShape], counts: list[int]) -> dict[Gr
         for shape in shapes for n in counts}
 
 
-def measure(args: argparse.Namespace, targets: list[Target]) -> dict[str, Any]:
-    counts = [int(x) for x in args.adapters.split(",")]
-    shapes = [LoraShape.parse(x) for x in args.lora.split(",")]
+def measure(args: argparse.Namespace, targets: list[Target], shapes: list[LoraShape],
+            counts: list[int]) -> dict[str, Any]:
     groups = user_groups(f"serve{int(time.time()) % 100000}", shapes, counts)
     budget = Deadline(args.max_seconds)
     with contextlib.ExitStack() as stack:
@@ -231,7 +230,8 @@ def main() -> None:
         shapes = [LoraShape.parse(x) for x in args.lora.split(",")]
     except ValueError as e:
         p.error(str(e))
-    adapters = len(shapes) * sum(int(x) for x in args.adapters.split(","))
+    counts = [int(x) for x in args.adapters.split(",")]
+    adapters = len(shapes) * sum(counts)
     if not args.server and adapters > args.max_cpu_loras:
         p.error(f"{adapters} adapters do not fit the engine's cache (--max-cpu-loras "
                 f"{args.max_cpu_loras}): they would be evicted and reloaded within the timed "
@@ -241,7 +241,7 @@ def main() -> None:
     if args.server:
         model_id = args.model_id or Path(args.model).resolve().name
         result = measure(args, [Target("", args.server, AdapterStore(args.store),
-                                       args.bootstrap, model_id, {})])
+                                       args.bootstrap, model_id, {})], shapes, counts)
     else:
         env = {"PERSONALIZE_SERVER_ENGINE_MAX_LORAS": str(args.max_loras),
                "PERSONALIZE_SERVER_ENGINE_MAX_CPU_LORAS": str(args.max_cpu_loras),
@@ -258,7 +258,7 @@ def main() -> None:
                 targets.append(Target(ops, handle.target, handle.store, handle.bootstrap,
                                       handle.model_id, engine_pids(handle.proc.pid)))
                 started[ops] = handle.started_s
-            result = measure(args, targets)
+            result = measure(args, targets, shapes, counts)
             result["stack_start_s"] = started
     print_tables(result)
     write_result("serving", settings, result, args.out or None)
