@@ -100,7 +100,8 @@ def config(setting: str) -> RewardModelConfig:
     (what the policy head trains on), ``lexical-<buckets>`` (the lexical features' width,
     0: none), ``lexweight-<w>`` (their block's relative norm), ``l2-<x>`` (every user
     head's L2 strength), ``length-<weight>`` (the log-length input's scale, 0: none),
-    ``pool-<pooling>`` (how token states are pooled), ``backbone=<dir>`` (another encoder);
+    ``pool-<pooling>`` (how token states are pooled), ``span-<p>[+<p>]`` (the completion's
+    own poolings, e.g. ``span-mean+max``), ``backbone=<dir>`` (another encoder);
     absent ones keep the config's default."""
     layers, pooling, *options = setting.split(":")
     cfg = RewardModelConfig(tuned_layers=int(layers), layer_pooling=pooling)
@@ -117,6 +118,8 @@ def config(setting: str) -> RewardModelConfig:
             cfg = replace(cfg, lexical_weight=float(option.removeprefix("lexweight-")))
         elif option.startswith("length-"):
             cfg = replace(cfg, length_weight=float(option.removeprefix("length-")))
+        elif option.startswith("span-"):
+            cfg = replace(cfg, completion_pooling=tuple(option.removeprefix("span-").split("+")))
         elif option.startswith("pool-"):
             cfg = replace(cfg, pooling=option.removeprefix("pool-"))
         elif option.startswith("backbone="):
@@ -124,7 +127,8 @@ def config(setting: str) -> RewardModelConfig:
         else:
             raise ValueError(f"setting {setting!r}: unknown option {option!r} (fixed, cv, "
                              "policy-all, policy-half, lexical-<buckets>, lexweight-<w>, l2-<x>, "
-                             "length-<weight>, pool-<pooling>, backbone=<dir>)")
+                             "length-<weight>, pool-<pooling>, span-<p>[+<p>], "
+                             "backbone=<dir>)")
     return cfg
 
 

@@ -141,7 +141,8 @@ def cross_validate(setting: str, data: Data, prefs: dict[str, Preference], folds
     if cfg.tuned_layers:  # trained top layers would carry one fold's training to the next
         raise SystemExit(f"setting {setting!r}: the replay needs a frozen encoder "
                          "(tuned_layers 0)")
-    key = f"{cfg.backbone}:{cfg.layer_pooling}:{cfg.pooling}:{cfg.normalize}"
+    key = (f"{cfg.backbone}:{cfg.layer_pooling}:{cfg.pooling}:{cfg.normalize}:"
+           f"{cfg.completion_pooling}")
     if key not in encoders:
         encoders[key] = PersonalRewardModel(cfg).encoder
     right: dict[str, list[bool]] = {u: [] for u in data}

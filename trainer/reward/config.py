@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-__all__ = ["LAYER_POOLINGS", "POLICY_HEAD_DATA", "POOLINGS", "RewardModelConfig", "TrainMetrics"]
+__all__ = ["COMPLETION_POOLINGS", "LAYER_POOLINGS", "POLICY_HEAD_DATA", "POOLINGS",
+           "RewardModelConfig", "TrainMetrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -13,6 +14,8 @@ POOLINGS = ("mean", "cls", "final")
 """Ways to pool token states into one embedding: mean over real tokens, the first token
 (a BERT-style encoder's [CLS]), or the last real token (a decoder LM's, the only one whose
 causal attention saw the whole text)."""
+COMPLETION_POOLINGS = ("mean", "max")
+"""Ways to pool the completion's own token states, beside the pooling over every token."""
 LAYER_POOLINGS = ("all", "last")
 POLICY_HEAD_DATA = ("all", "half")
 """What a user's policy head trains on: all of the user's training prompts, or one half."""
@@ -36,6 +39,13 @@ class RewardModelConfig:
     """"all": the heads read every depth of the encoder, pooled and concatenated ((L + 1) x
     H features: what a text says word by word as well as what it means); "last": only the
     last layer's H (bench.reward_model compares them)."""
+    completion_pooling: tuple[str, ...] = ()
+    """More pooled views of every depth, over the completion's tokens only (their states
+    still read the prompt through attention): "mean" and/or "max" (the element-wise max: a
+    trait that occurs anywhere in the answer shows whatever its length). Each is one more
+    block of H floats per depth, normalised like the others. Empty: only the pooling over
+    every token. Needs a sentence-pair tokenizer (token types). From the environment:
+    comma-separated."""
     lexical_dim: int = 8192
     """Buckets of the hashed lexical features of the completion the heads read beside the
     encoder's (``trainer.reward.lexical``: its words, word pairs and word shapes); 0: the
@@ -142,6 +152,10 @@ class RewardModelConfig:
     def __post_init__(self) -> None:
         # the environment's loader gives a tuple field as strings
         object.__setattr__(self, "user_l2_grid", tuple(float(x) for x in self.user_l2_grid))
+        object.__setattr__(self, "completion_pooling", tuple(self.completion_pooling))
+        if unknown := [p for p in self.completion_pooling if p not in COMPLETION_POOLINGS]:
+            raise ValueError(f"RewardModelConfig.completion_pooling must hold values of "
+                             f"{COMPLETION_POOLINGS}, got {unknown}")
         if not all(x > 0 for x in self.user_l2_grid):
             raise ValueError(f"RewardModelConfig.user_l2_grid must hold values > 0, got "
                              f"{self.user_l2_grid}")

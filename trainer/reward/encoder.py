@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.reward.config import LAYER_POOLINGS, POOLINGS
+from trainer.reward.config import COMPLETION_POOLINGS, LAYER_POOLINGS, POOLINGS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -50,6 +50,9 @@ __all__ = ["TextEncoder", "default_backbone_dir"]
 logger = logging.getLogger(__name__)
 
 CacheKey = tuple[str, str]
+LowerRow = tuple[Tensor, Tensor, Tensor]
+"""A text's frozen lower layers: output (T_i, H), frozen depths pooled (F_low,), token
+types (T_i,)."""
 
 
 def default_backbone_dir() -> Path:
@@ -98,9 +101,12 @@ class TextEncoder:
     def __init__(self, backbone: nn.Module, tokenizer: PreTrainedTokenizerBase, *,
                  max_length: int, pooling: str, normalize: bool, batch_size: int,
                  cache_size: int, tuned_layers: int = 0, state_cache_size: int = 0,
-                 layer_pooling: str = "last") -> None:
+                 layer_pooling: str = "last", completion_pooling: Sequence[str] = ()) -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if unknown := [p for p in completion_pooling if p not in COMPLETION_POOLINGS]:
+            raise ValueError(f"completion_pooling must hold values of {COMPLETION_POOLINGS}, "
+                             f"got {unknown}")
         if layer_pooling not in LAYER_POOLINGS:
             raise ValueError(f"layer_pooling must be one of {LAYER_POOLINGS}, "
                              f"got {layer_pooling!r}")
@@ -113,6 +119,10 @@ class TextEncoder:
         self.cache_size = cache_size
         self.tuned_layers = tuned_layers
         self.layer_pooling = layer_pooling
+        self.completion_pooling = tuple(completion_pooling)
+        if self.completion_pooling and "token_type_ids" not in tokenizer.model_input_names:
+            raise ValueError("completion_pooling needs a sentence-pair tokenizer (one that "
+                             "gives token_type_ids, as BERT-style encoders' do)")
         n_layers = int(backbone.config.num_hidden_layers)
         layers = encoder_layers(backbone) if tuned_layers else nn.ModuleList()
         if tuned_layers > n_layers:
@@ -129,6 +139,8 @@ class TextEncoder:
         self._states = _LRU(state_cache_size)
         self._lower_pooled = _LRU(state_cache_size)
         """Pooled features of the frozen depths (<= ``split``), kept beside ``_states``."""
+        self._segments = _LRU(state_cache_size)
+        """Token types (T_i,) of the rows of ``_states`` (1 on the completion)."""
 
     @classmethod
     def from_pretrained(cls, backbone_dir: str | Path, device: str, **kwargs) -> TextEncoder:
@@ -148,9 +160,15 @@ class TextEncoder:
         return int(self.backbone.config.hidden_size)
 
     @property
+    def blocks(self) -> int:
+        """Pooled vectors in e, each of the hidden size (and unit norm with ``normalize``):
+        per depth, one over every real token and one per completion pooling."""
+        return len(self.depths) * (1 + len(self.completion_pooling))
+
+    @property
     def feature_size(self) -> int:
-        """Width of e: the hidden size times the pooled depths."""
-        return self.hidden_size * len(self.depths)
+        """Width of e: the hidden size times the pooled blocks."""
+        return self.hidden_size * self.blocks
 
     @property
     def device(self) -> torch.device:
@@ -170,6 +188,7 @@ class TextEncoder:
         self._pooled.clear()
         self._states.clear()
         self._lower_pooled.clear()
+        self._segments.clear()
 
     def cached_entries(self) -> int:
         return len(self._pooled)
@@ -178,7 +197,7 @@ class TextEncoder:
         """Bytes of tensor storage both caches hold (distinct storages counted once)."""
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
                     for t in [*self._pooled.values(), *self._states.values(),
-                              *self._lower_pooled.values()]}
+                              *self._lower_pooled.values(), *self._segments.values()]}
         return sum(storages.values())
 
     # --- embeddings ----------------------------------------------------------------------
@@ -207,7 +226,8 @@ class TextEncoder:
         grad mode is on."""
         if not self.top:
             return self.encode([p for p, _ in keys], [c for _, c in keys])
-        states, mask, lower = self._lower_states(keys)  # (B, T, H), (B, T), (B, F_low)
+        # (B, T, H), (B, T), (B, T), (B, F_low)
+        states, mask, segment, lower = self._lower_states(keys)
         extended = (1.0 - mask[:, None, None, :].to(states.dtype)) \
             * torch.finfo(states.dtype).min  # (B, 1, 1, T) additive attention mask
         hidden, pooled = states, [lower]
@@ -215,14 +235,15 @@ class TextEncoder:
             out = layer(hidden, attention_mask=extended)
             hidden = out[0] if isinstance(out, tuple) else out  # (B, T, H)
             if depth in self.depths:
-                pooled.append(self._pool(hidden, mask))  # (B, H)
+                pooled.append(self._pool_depths([hidden], mask, [0], segment))  # (B, H x views)
         return torch.cat(pooled, dim=-1)  # (B, F)
 
     def encode(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
         """The whole encoder on (prompt, completion) pairs, no cache: pooled (B, F)."""
         batch = self._tokenize(list(zip(prompts, completions, strict=True)))
         out = self.backbone(**batch, output_hidden_states=True)
-        return self._pool_depths(out.hidden_states, batch["attention_mask"], self.depths)
+        return self._pool_depths(out.hidden_states, batch["attention_mask"], self.depths,
+                                 batch.get("token_type_ids"))
 
     def warm(self, prompts: Sequence[str], completions: Sequence[str]) -> None:
         """Fill the cache a training step reads: the lower layers' states when the top
@@ -232,44 +253,53 @@ class TextEncoder:
             self.embed(prompts, completions)
             return
         keys = list(zip(prompts, completions, strict=True))
-        for key, (row, lower) in self._encode_lower(keys).items():
-            self._states.put(key, row)
-            self._lower_pooled.put(key, lower)
+        for key, row in self._encode_lower(keys).items():
+            self._keep_lower(key, row)
 
-    def _encode_lower(self, keys: list[CacheKey]) -> dict[CacheKey, tuple[Tensor, Tensor]]:
-        """The frozen lower layers of the distinct keys not cached: their output (T_i, H)
-        and the pooled features of the frozen depths (F_low,)."""
+    def _encode_lower(self, keys: list[CacheKey]) -> dict[CacheKey, LowerRow]:
+        """The frozen lower layers of the distinct keys not cached: their output (T_i, H),
+        the pooled features of the frozen depths (F_low,) and the token types (T_i,)."""
         missing = [k for k in dict.fromkeys(keys) if k not in self._states]
         frozen = tuple(d for d in self.depths if d <= self.split)
-        fresh: dict[CacheKey, tuple[Tensor, Tensor]] = {}
+        fresh: dict[CacheKey, LowerRow] = {}
         with torch.no_grad():
             for start in range(0, len(missing), self.batch_size):
                 chunk = missing[start:start + self.batch_size]
                 batch = self._tokenize(chunk)
                 out = self.backbone(**batch, output_hidden_states=True)
                 mask = batch["attention_mask"]  # (b, T)
+                segment = batch.get("token_type_ids", torch.zeros_like(mask))  # (b, T)
                 states = out.hidden_states[self.split]  # (b, T, H) input of the first top layer
-                lower = self._pool_depths(out.hidden_states, mask, frozen)  # (b, F_low)
+                lower = self._pool_depths(out.hidden_states, mask, frozen, segment)  # (b, F_low)
                 for i, key in enumerate(chunk):
-                    fresh[key] = states[i, : int(mask[i].sum())], lower[i]  # (T_i, H), (F_low,)
+                    n = int(mask[i].sum())
+                    fresh[key] = states[i, :n], lower[i], segment[i, :n]
         return fresh
 
-    def _lower_states(self, keys: list[CacheKey]) -> tuple[Tensor, Tensor, Tensor]:
+    def _keep_lower(self, key: CacheKey, row: LowerRow) -> None:
+        state, lower, segment = row
+        self._states.put(key, state)
+        self._lower_pooled.put(key, lower)
+        self._segments.put(key, segment)
+
+    def _lower_states(self, keys: list[CacheKey]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The frozen lower layers for ``keys``: output right-padded (B, T, H), its mask
-        (B, T), and the frozen depths' pooled features (B, F_low)."""
+        (B, T), the token types (B, T), and the frozen depths' pooled features (B, F_low)."""
         fresh = self._encode_lower(keys)
         rows = [fresh[k] if k in fresh else (self._states.get_row(k),
-                                             self._lower_pooled.get_row(k)) for k in keys]
-        for key, (row, lower) in fresh.items():
-            self._states.put(key, row)
-            self._lower_pooled.put(key, lower)
-        longest = max(r.shape[0] for r, _ in rows)
+                                             self._lower_pooled.get_row(k),
+                                             self._segments.get_row(k)) for k in keys]
+        for key, row in fresh.items():
+            self._keep_lower(key, row)
+        longest = max(r.shape[0] for r, _, _ in rows)
         states = torch.zeros(len(rows), longest, rows[0][0].shape[-1], device=self.device)
         mask = torch.zeros(len(rows), longest, dtype=torch.long, device=self.device)
-        for i, (row, _) in enumerate(rows):
+        segment = torch.zeros(len(rows), longest, dtype=torch.long, device=self.device)
+        for i, (row, _, types) in enumerate(rows):
             states[i, : row.shape[0]] = row
             mask[i, : row.shape[0]] = 1
-        return states, mask, torch.stack([lower for _, lower in rows])
+            segment[i, : row.shape[0]] = types
+        return states, mask, segment, torch.stack([lower for _, lower, _ in rows])
 
     def _tokenize(self, keys: list[CacheKey]):  # type: ignore[no-untyped-def]
         """Sentence-pair batch; "longest_first" trims the longer of prompt and completion.
@@ -282,11 +312,33 @@ class TextEncoder:
                               return_tensors="pt").to(self.device)
 
     def _pool_depths(self, hidden_states: Sequence[Tensor], mask: Tensor,
-                     depths: Sequence[int]) -> Tensor:
-        """Every depth's (B, T, H) states pooled and concatenated: (B, len(depths) * H)."""
-        pooled = [self._pool(hidden_states[d], mask) for d in depths]
+                     depths: Sequence[int], segment: Tensor | None = None) -> Tensor:
+        """Every depth's (B, T, H) states pooled and concatenated: (B, len(depths) * H), or
+        with ``completion_pooling`` (B, blocks * H): per depth the pooling over every real
+        token, then each pooling over the completion's tokens (``segment`` (B, T): the
+        tokenizer's token_type_ids, 1 on the completion)."""
+        pooled = []
+        for d in depths:
+            pooled.append(self._pool(hidden_states[d], mask))  # (B, H)
+            if self.completion_pooling:
+                assert segment is not None  # the constructor checked the tokenizer
+                own = mask * segment  # (B, T) the completion's real tokens
+                pooled += [self._pool_span(hidden_states[d], own, how)
+                           for how in self.completion_pooling]
         return torch.cat(pooled, dim=-1) if pooled else mask.new_zeros(
             mask.shape[0], 0, dtype=torch.float32)
+
+    def _pool_span(self, hidden: Tensor, span: Tensor, how: str) -> Tensor:
+        """(B, T, H) token states -> (B, H) over the tokens where ``span`` (B, T) is 1: their
+        mean, or their element-wise max (whether a trait occurs anywhere, however long the
+        text); 0 for a row without such tokens."""
+        m = span.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        if how == "max":
+            filled = hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min)  # (B, T, H)
+            pooled = filled.max(1).values * (m.sum(1) > 0).to(hidden.dtype)  # (B, H)
+        else:
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, H)
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
     def _pool(self, hidden: Tensor, mask: Tensor) -> Tensor:
         """(B, T, H) token states -> (B, H), over real tokens only."""

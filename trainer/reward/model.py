@@ -103,13 +103,17 @@ class PersonalRewardModel:
             max_length=config.max_length, pooling=config.pooling, normalize=config.normalize,
             batch_size=config.encode_batch_size, cache_size=config.embedding_cache_size,
             tuned_layers=config.tuned_layers, state_cache_size=config.state_cache_size,
-            layer_pooling=config.layer_pooling)
+            layer_pooling=config.layer_pooling, completion_pooling=config.completion_pooling)
+        if self.encoder.completion_pooling != config.completion_pooling:
+            raise ValueError(f"the encoder pools the completion by "
+                             f"{self.encoder.completion_pooling}, the config asks for "
+                             f"{config.completion_pooling}")
         self.hidden_size = (self.encoder.feature_size + config.lexical_dim
                             + (config.length_weight > 0))
         """Width of the heads' input e: the encoder's features, the lexical ones, then the
         completion's log length (where ``length_weight`` > 0)."""
-        # the lexical block's norm relative to the encoder's (unit-norm depths, each)
-        self._lexical_scale = config.lexical_weight * len(self.encoder.depths) ** 0.5
+        # the lexical block's norm relative to the encoder's (unit-norm blocks, each)
+        self._lexical_scale = config.lexical_weight * self.encoder.blocks ** 0.5
         self.shared_head = nn.Linear(self.hidden_size, 1).to(self.encoder.device)
         nn.init.zeros_(self.shared_head.weight)
         nn.init.zeros_(self.shared_head.bias)
@@ -346,6 +350,7 @@ class PersonalRewardModel:
                 "pooling": self.config.pooling, "normalize": str(self.config.normalize),
                 "tuned_layers": str(self.config.tuned_layers),
                 "layer_pooling": self.config.layer_pooling,
+                "completion_pooling": ",".join(self.config.completion_pooling),
                 "lexical_dim": str(self.config.lexical_dim),
                 "lexical_weight": str(self.config.lexical_weight),
                 "length_weight": str(self.config.length_weight)}
@@ -357,10 +362,12 @@ class PersonalRewardModel:
         """Load what ``save_shared`` wrote (same pooling, normalisation, tuned layers, pooled
         depths and lexical features)."""
         state, meta = read_safetensors(path, SHARED_FORMAT)
-        names = ("pooling", "normalize", "tuned_layers", "layer_pooling", "lexical_dim",
-                 "lexical_weight", "length_weight")
-        settings = tuple(str(getattr(self.config, n)) for n in names)
-        saved = tuple(meta.get(n) for n in names)
+        names = ("pooling", "normalize", "tuned_layers", "layer_pooling", "completion_pooling",
+                 "lexical_dim", "lexical_weight", "length_weight")
+        settings = tuple(",".join(v) if isinstance(v := getattr(self.config, n), tuple)
+                         else str(v) for n in names)
+        # files from before completion_pooling existed were saved without it (none)
+        saved = tuple(meta.get(n, "" if n == "completion_pooling" else None) for n in names)
         if saved != settings:
             raise ValueError(f"{path} was trained with other settings: "
                              f"{dict(zip(names, saved, strict=True))} (now "
