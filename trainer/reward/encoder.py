@@ -317,14 +317,15 @@ class TextEncoder:
         with ``completion_pooling`` (B, blocks * H): per depth the pooling over every real
         token, then each pooling over the completion's tokens (``segment`` (B, T): the
         tokenizer's token_type_ids, 1 on the completion)."""
+        own = mask  # (B, T) the completion's real tokens, where it is pooled
+        if self.completion_pooling:
+            assert segment is not None  # the constructor checked the tokenizer
+            own = mask * segment
         pooled = []
         for d in depths:
             pooled.append(self._pool(hidden_states[d], mask))  # (B, H)
-            if self.completion_pooling:
-                assert segment is not None  # the constructor checked the tokenizer
-                own = mask * segment  # (B, T) the completion's real tokens
-                pooled += [self._pool_span(hidden_states[d], own, how)
-                           for how in self.completion_pooling]
+            pooled += [self._pool_span(hidden_states[d], own, how)
+                       for how in self.completion_pooling]
         return torch.cat(pooled, dim=-1) if pooled else mask.new_zeros(
             mask.shape[0], 0, dtype=torch.float32)
 
@@ -332,12 +333,12 @@ class TextEncoder:
         """(B, T, H) token states -> (B, H) over the tokens where ``span`` (B, T) is 1: their
         mean, or their element-wise max (whether a trait occurs anywhere, however long the
         text); 0 for a row without such tokens."""
-        m = span.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         if how == "max":
+            m = span.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
             filled = hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min)  # (B, T, H)
             pooled = filled.max(1).values * (m.sum(1) > 0).to(hidden.dtype)  # (B, H)
         else:
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, H)
+            pooled = _masked_mean(hidden, span)  # (B, H)
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
     def _pool(self, hidden: Tensor, mask: Tensor) -> Tensor:
@@ -349,6 +350,12 @@ class TextEncoder:
             last = (mask * positions).argmax(1)  # (B,) the last real token, either padding side
             pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
         else:
-            m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, H)
+            pooled = _masked_mean(hidden, mask)  # (B, H)
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
+
+
+def _masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
+    """(B, T, H) token states -> (B, H): their mean where ``mask`` (B, T) is 1 (0 for a row
+    without such tokens)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)

@@ -347,25 +347,26 @@ class PersonalRewardModel:
         state = {f"head.{k}": v for k, v in self.shared_head.state_dict().items()}
         state |= {f"top.{k}": v for k, v in self.encoder.top.state_dict().items()}
         meta = {"format": SHARED_FORMAT, "hidden_size": str(self.hidden_size),
-                "pooling": self.config.pooling, "normalize": str(self.config.normalize),
-                "tuned_layers": str(self.config.tuned_layers),
-                "layer_pooling": self.config.layer_pooling,
-                "completion_pooling": ",".join(self.config.completion_pooling),
-                "lexical_dim": str(self.config.lexical_dim),
-                "lexical_weight": str(self.config.lexical_weight),
-                "length_weight": str(self.config.length_weight)}
+                **self._shared_settings()}
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path),
                   metadata=meta)
         return Path(path)
+
+    def _shared_settings(self) -> dict[str, str]:
+        """The settings a shared file must have been trained with, as its metadata holds
+        them."""
+        names = ("pooling", "normalize", "tuned_layers", "layer_pooling", "completion_pooling",
+                 "lexical_dim", "lexical_weight", "length_weight")
+        return {n: ",".join(v) if isinstance(v := getattr(self.config, n), tuple) else str(v)
+                for n in names}
 
     def load_shared(self, path: str | Path) -> None:
         """Load what ``save_shared`` wrote (same pooling, normalisation, tuned layers, pooled
         depths and lexical features)."""
         state, meta = read_safetensors(path, SHARED_FORMAT)
-        names = ("pooling", "normalize", "tuned_layers", "layer_pooling", "completion_pooling",
-                 "lexical_dim", "lexical_weight", "length_weight")
-        settings = tuple(",".join(v) if isinstance(v := getattr(self.config, n), tuple)
-                         else str(v) for n in names)
+        now = self._shared_settings()
+        names = tuple(now)
+        settings = tuple(now.values())
         # files from before completion_pooling existed were saved without it (none)
         saved = tuple(meta.get(n, "" if n == "completion_pooling" else None) for n in names)
         if saved != settings:
